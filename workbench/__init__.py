@@ -1,0 +1,45 @@
+"""instruction-steering workbench: find, inspect and steer instruction directions in language models.
+
+Five lines from import to a steered generation::
+
+    import workbench as wb
+    model = wb.load_model("smollm2-135m-instruct")
+    title = wb.compute_direction(model, wb.load_pairs("format", "detectable_format:title"))
+    with wb.steer(model, title, layer=24, mode="project"):
+        print(wb.generate(model, ["Write a short poem about the sea."])[0])
+"""
+
+from .activations import collect_activations, load_activations, save_activations
+from .data import (
+    FAMILIES,
+    PairDataset,
+    PairRow,
+    list_instructions,
+    load_ifeval_jsonl,
+    load_paired_jsonl,
+    load_pairs,
+    load_pairs_file,
+)
+from .directions import Direction, LayerDirection, compute_direction, compute_directions
+from .errors import (
+    DatasetError,
+    LayerError,
+    ModelNotFoundError,
+    ShapeError,
+    SteeringError,
+    VectorFileError,
+    WorkbenchError,
+)
+from .generation import generate
+from .models import BUILTIN_MODELS, DEFAULT_MODEL, PromptFormatter, load_model, model_info
+from .steering import SteeringSpec, steer
+from .version import __version__
+
+__all__ = [
+    "BUILTIN_MODELS", "DEFAULT_MODEL", "FAMILIES", "DatasetError", "Direction", "LayerDirection",
+    "LayerError", "ModelNotFoundError", "PairDataset", "PairRow", "PromptFormatter", "ShapeError",
+    "SteeringError", "SteeringSpec", "VectorFileError", "WorkbenchError", "__version__",
+    "collect_activations", "compute_direction", "compute_directions", "generate", "list_instructions",
+    "load_activations", "load_ifeval_jsonl", "load_model", "load_paired_jsonl", "load_pairs",
+    "load_pairs_file", "model_info", "save_activations", "steer",
+]

@@ -1,0 +1,125 @@
+"""Built-in instruction families: base queries x instruction phrasings, split by base query.
+
+The data ships as package files (``builtin/queries.json``, ``builtin/instructions.json``) read with
+``importlib.resources``; rows, phrasings and splits are derived deterministically from them.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from importlib import resources
+from typing import Any
+
+from ..errors import DatasetError
+from .pairs import SPLITS, PairDataset, PairRow
+
+FAMILIES: tuple[str, ...] = ("format", "length", "keywords")
+SPLIT_FRACTIONS: tuple[float, float] = (0.6, 0.2)  # train, validation; test gets the rest
+
+
+def _stable_int(text: str) -> int:
+    """A process-independent integer hash (Python's ``hash()`` is salted per run)."""
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest(), 16)
+
+
+@functools.lru_cache(maxsize=None)
+def _read_json(name: str) -> str:
+    try:
+        return resources.files(__package__).joinpath("builtin", name).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DatasetError(f"built-in data file builtin/{name} is missing from the package ({exc})") from None
+
+
+def load_queries() -> list[dict[str, str]]:
+    """The built-in base queries (``id``, ``category``, ``text``), sorted by id."""
+    queries = json.loads(_read_json("queries.json"))
+    return sorted(queries, key=lambda q: q["id"])
+
+
+def load_instruction_specs() -> dict[str, dict[str, Any]]:
+    """Instruction id -> ``{"family", "phrasings", "variants": [{"kwargs", "fill"}]}``, in file order."""
+    specs: dict[str, dict[str, Any]] = json.loads(_read_json("instructions.json"))
+    for iid, spec in specs.items():
+        if spec.get("family") not in FAMILIES or not spec.get("phrasings") or not spec.get("variants"):
+            raise DatasetError(f"built-in instructions.json: entry {iid!r} is malformed")
+    return specs
+
+
+@functools.lru_cache(maxsize=None)
+def split_assignment() -> dict[str, str]:
+    """Base query id -> split; queries ordered by sha256 of their id, then cut 60/20/20."""
+    ids = sorted((q["id"] for q in load_queries()), key=lambda i: (_stable_int(i), i))
+    n_train = round(len(ids) * SPLIT_FRACTIONS[0])
+    n_val = round(len(ids) * SPLIT_FRACTIONS[1])
+    out: dict[str, str] = {}
+    for pos, qid in enumerate(ids):
+        out[qid] = "train" if pos < n_train else "validation" if pos < n_train + n_val else "test"
+    return out
+
+
+def list_instructions(family: str | None = None) -> list[str]:
+    """Built-in instruction ids (of one family, or all), in file order."""
+    if family is not None:
+        _check_family(family)
+    return [iid for iid, spec in load_instruction_specs().items() if family is None or spec["family"] == family]
+
+
+def _check_family(family: str) -> None:
+    if family not in FAMILIES:
+        raise DatasetError(f"unknown instruction family {family!r}; choose one of {', '.join(FAMILIES)}")
+
+
+def _rows_for(instruction_id: str, spec: dict[str, Any], queries: list[dict[str, str]]) -> list[PairRow]:
+    splits = split_assignment()
+    phrasings: list[str] = spec["phrasings"]
+    rows: list[PairRow] = []
+    for variant in spec["variants"]:
+        kwargs: dict[str, Any] = variant["kwargs"]
+        fill = {**kwargs, **variant.get("fill", {})}
+        for q in queries:
+            template = phrasings[_stable_int(f"{q['id']}|{instruction_id}") % len(phrasings)]
+            rows.append(
+                PairRow(
+                    prompt=f"{q['text']} {template.format(**fill)}",
+                    prompt_without_instruction=q["text"],
+                    instruction_id=instruction_id,
+                    kwargs=kwargs,
+                    base_id=q["id"],
+                    eval_instruction_ids=(instruction_id,),
+                    eval_kwargs=(kwargs,),
+                    split=splits[q["id"]],
+                )
+            )
+    return rows
+
+
+def load_pairs(
+    family: str,
+    instruction: str | None = None,
+    split: str = "train",
+    kwargs: dict[str, Any] | None = None,
+) -> PairDataset:
+    """Built-in pairs of one family (optionally one instruction, kwargs subset); split may be ``"all"``."""
+    _check_family(family)
+    valid = list_instructions(family)
+    if instruction is not None and instruction not in valid:
+        raise DatasetError(
+            f"unknown instruction {instruction!r} for family {family!r}; choose one of {', '.join(valid)}"
+        )
+    if split not in (*SPLITS, "all"):
+        raise DatasetError(f"unknown split {split!r}; choose one of {', '.join((*SPLITS, 'all'))}")
+    specs = load_instruction_specs()
+    queries = load_queries()
+    chosen = [instruction] if instruction is not None else valid
+    rows = [r for iid in chosen for r in _rows_for(iid, specs[iid], queries) if split in ("all", r.split)]
+    if kwargs:
+        rows = [r for r in rows if all(k in r.kwargs and r.kwargs[k] == v for k, v in kwargs.items())]
+    name = f"builtin:{family}" + (f"/{instruction}" if instruction else "") + f"/{split}"
+    if kwargs:
+        name += "{" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + "}"
+        if not rows:
+            variants = sorted({json.dumps(v["kwargs"], sort_keys=True) for i in chosen for v in specs[i]["variants"]})
+            raise DatasetError(f"{name}: no rows with these kwargs; available kwargs: {'; '.join(variants)}")
+    return PairDataset(rows, name=name)

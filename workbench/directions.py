@@ -1,0 +1,322 @@
+"""Instruction directions: per-layer mean of (with - without instruction) last-token activations."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float
+
+from .activations import collect_activations
+from .errors import DatasetError, LayerError, ShapeError, SteeringError, VectorFileError
+from .hooks import check_layers
+from .io import load_tensors, save_tensors
+from .models.loading import model_info
+from .version import __version__
+
+
+@dataclass(frozen=True)
+class LayerDirection:
+    """One layer's direction: the raw mean difference and its projection statistics."""
+
+    vector: Float[torch.Tensor, "d_model"]
+    layer: int
+    name: str = "direction"
+    proj_with: float | None = None
+    proj_without: float | None = None
+
+    @property
+    def norm(self) -> float:
+        return float(self.vector.norm())
+
+    @property
+    def unit(self) -> Float[torch.Tensor, "d_model"]:
+        return unit_vector(self.vector, self.name)
+
+
+def unit_vector(vector: torch.Tensor, what: str = "vector") -> torch.Tensor:
+    """``vector / |vector|``, refusing NaN, infinite or zero vectors."""
+    if vector.dim() != 1:
+        raise ShapeError(f"{what}: expected a [d_model] vector, got shape {tuple(vector.shape)}")
+    if not torch.isfinite(vector).all():
+        raise SteeringError(f"{what}: vector contains NaN or infinite values")
+    norm = vector.norm()
+    if norm == 0:
+        raise SteeringError(f"{what}: vector is zero and has no direction")
+    return vector / norm
+
+
+@dataclass(frozen=True)
+class Direction:
+    """An instruction's directions at every layer it was computed for.
+
+    ``vectors[i]`` is the mean (with - without) difference at ``layers[i]``; ``proj_with`` and
+    ``proj_without`` are the mean projections of the two prompt sets on the unit direction
+    (``proj_with`` is the default target of projection steering). Supports ``+``, ``-``, ``*``.
+    """
+
+    vectors: Float[torch.Tensor, "n_layers d_model"]
+    layers: tuple[int, ...]
+    name: str
+    model_name: str
+    d_model: int
+    n_model_layers: int
+    hook: str = "resid_post"
+    proj_with: Float[torch.Tensor, "n_layers"] | None = None
+    proj_without: Float[torch.Tensor, "n_layers"] | None = None
+    n_pairs: int = 0
+    data_hash: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.vectors.dim() != 2 or self.vectors.shape != (len(self.layers), self.d_model):
+            raise ShapeError(
+                f"direction {self.name!r}: vectors have shape {tuple(self.vectors.shape)}, "
+                f"expected ({len(self.layers)}, {self.d_model})"
+            )
+        if not torch.isfinite(self.vectors).all():
+            raise SteeringError(f"direction {self.name!r}: vectors contain NaN or infinite values")
+
+    # --- access -------------------------------------------------------------------------
+    def _index(self, layer: int) -> int:
+        if layer not in self.layers:
+            raise LayerError(
+                f"direction {self.name!r} has no layer {layer}; it was computed for layers "
+                f"{_ranges(self.layers)} of a {self.n_model_layers}-layer model"
+            )
+        return self.layers.index(layer)
+
+    def at(self, layer: int) -> LayerDirection:
+        """The direction at one layer."""
+        i = self._index(int(layer))
+        return LayerDirection(
+            vector=self.vectors[i],
+            layer=int(layer),
+            name=self.name,
+            proj_with=None if self.proj_with is None else float(self.proj_with[i]),
+            proj_without=None if self.proj_without is None else float(self.proj_without[i]),
+        )
+
+    @property
+    def norms(self) -> Float[torch.Tensor, "n_layers"]:
+        return self.vectors.norm(dim=-1)
+
+    @property
+    def units(self) -> Float[torch.Tensor, "n_layers d_model"]:
+        return self.vectors / self.norms.clamp_min(1e-12)[:, None]
+
+    def check_compatible(self, model: Any) -> None:
+        """Raise a clear error if this direction cannot be used on ``model``."""
+        d_model, n = int(model.cfg.d_model), int(model.cfg.n_layers)
+        if d_model != self.d_model:
+            raise ShapeError(
+                f"direction {self.name!r} was computed on {self.model_name} (d_model={self.d_model}); "
+                f"this model has d_model={d_model}"
+            )
+        if max(self.layers) >= n:
+            raise LayerError(
+                f"direction {self.name!r} has layers up to {max(self.layers)}; this model has layers 0..{n - 1}"
+            )
+
+    # --- arithmetic for composition ------------------------------------------------------
+    def _combine(self, other: "Direction", sign: float) -> "Direction":
+        if not isinstance(other, Direction):
+            return NotImplemented
+        if other.d_model != self.d_model or other.layers != self.layers:
+            raise ShapeError(
+                f"cannot combine {self.name!r} (d_model={self.d_model}, layers {_ranges(self.layers)}) "
+                f"with {other.name!r} (d_model={other.d_model}, layers {_ranges(other.layers)})"
+            )
+        op = "+" if sign > 0 else "-"
+        return replace(
+            self,
+            vectors=self.vectors + sign * other.vectors,
+            name=f"({self.name} {op} {other.name})",
+            proj_with=None,
+            proj_without=None,
+            n_pairs=0,
+            data_hash="",
+            extra={},
+        )
+
+    def __add__(self, other: "Direction") -> "Direction":
+        return self._combine(other, 1.0)
+
+    def __sub__(self, other: "Direction") -> "Direction":
+        return self._combine(other, -1.0)
+
+    def __mul__(self, scale: float) -> "Direction":
+        if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+            return NotImplemented
+        flip = -1.0 if scale < 0 else 1.0  # the unit direction flips with a negative scale
+        return replace(
+            self,
+            vectors=self.vectors * scale,
+            name=f"{scale:g}*{self.name}",
+            proj_with=None if self.proj_with is None else self.proj_with * flip,
+            proj_without=None if self.proj_without is None else self.proj_without * flip,
+        )
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> "Direction":
+        return self * -1.0
+
+    def __repr__(self) -> str:
+        return (
+            f"Direction({self.name!r}, model={self.model_name}, layers={_ranges(self.layers)}, "
+            f"d_model={self.d_model}, n_pairs={self.n_pairs})"
+        )
+
+    # --- persistence ---------------------------------------------------------------------
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "kind": "direction",
+            "name": self.name,
+            "model_name": self.model_name,
+            "hook": self.hook,
+            "d_model": self.d_model,
+            "n_layers": self.n_model_layers,
+            "layers": list(self.layers),
+            "n_pairs": self.n_pairs,
+            "data_hash": self.data_hash,
+            "workbench_version": __version__,
+            "extra": self.extra,
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write safetensors (vectors and projection statistics) with JSON metadata, atomically."""
+        tensors = {"vectors": self.vectors}
+        if self.proj_with is not None and self.proj_without is not None:
+            tensors["proj_with"] = self.proj_with
+            tensors["proj_without"] = self.proj_without
+        save_tensors(path, tensors, self.metadata())
+
+    @classmethod
+    def load(cls, path: str | Path, model: Any | None = None) -> "Direction":
+        """Read a direction file; with ``model``, also check that it fits that model."""
+        tensors, meta = load_tensors(path, "direction")
+        try:
+            direction = cls(
+                vectors=tensors["vectors"].float(),
+                layers=tuple(int(x) for x in meta["layers"]),
+                name=str(meta["name"]),
+                model_name=str(meta["model_name"]),
+                d_model=int(meta["d_model"]),
+                n_model_layers=int(meta["n_layers"]),
+                hook=str(meta.get("hook", "resid_post")),
+                proj_with=tensors.get("proj_with"),
+                proj_without=tensors.get("proj_without"),
+                n_pairs=int(meta.get("n_pairs", 0)),
+                data_hash=str(meta.get("data_hash", "")),
+                extra=dict(meta.get("extra", {})),
+            )
+        except KeyError as exc:
+            raise VectorFileError(f"{path}: direction file lacks {exc}") from None
+        except (ShapeError, SteeringError) as exc:
+            raise VectorFileError(f"{path}: {exc}") from None
+        if model is not None:
+            direction.check_compatible(model)
+        return direction
+
+
+def _ranges(layers: Sequence[int]) -> str:
+    layers = list(layers)
+    if layers and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}..{layers[-1]}"
+    return ",".join(str(x) for x in layers)
+
+
+def direction_from_activations(
+    with_acts: Float[torch.Tensor, "n n_layers d_model"],
+    without_acts: Float[torch.Tensor, "n n_layers d_model"],
+    *,
+    layers: Sequence[int],
+    name: str,
+    model_name: str,
+    n_model_layers: int,
+    hook: str = "resid_post",
+    data_hash: str = "",
+    extra: dict[str, Any] | None = None,
+) -> Direction:
+    """Mean of paired differences per layer, plus both sets' mean projections on the unit direction."""
+    if with_acts.shape != without_acts.shape:
+        raise ShapeError(
+            f"with/without activations differ in shape: {tuple(with_acts.shape)} vs {tuple(without_acts.shape)}"
+        )
+    if with_acts.shape[0] == 0:
+        raise DatasetError(f"direction {name!r}: no pairs")
+    vectors = (with_acts - without_acts).mean(0)
+    units = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    proj_with = torch.einsum("nld,ld->nl", with_acts, units).mean(0)
+    proj_without = torch.einsum("nld,ld->nl", without_acts, units).mean(0)
+    return Direction(
+        vectors=vectors,
+        layers=tuple(int(x) for x in layers),
+        name=name,
+        model_name=model_name,
+        d_model=int(vectors.shape[-1]),
+        n_model_layers=n_model_layers,
+        hook=hook,
+        proj_with=proj_with,
+        proj_without=proj_without,
+        n_pairs=int(with_acts.shape[0]),
+        data_hash=data_hash,
+        extra=extra or {},
+    )
+
+
+def compute_direction(
+    model: Any,
+    pairs: Any,
+    layers: Sequence[int] | None = None,
+    hook: str = "resid_post",
+    name: str | None = None,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> Direction:
+    """One direction from all rows of ``pairs`` (a ``PairDataset``), pooled over phrasings."""
+    if len(pairs) == 0:
+        raise DatasetError("compute_direction: the pair dataset is empty")
+    layers = check_layers(model, layers)
+    ids = pairs.instruction_ids()
+    if name is None:
+        name = ids[0] if len(ids) == 1 else "+".join(ids)
+    with_prompts = pairs.prompts()
+    without_prompts = pairs.prompts_without_instruction()
+    kw = dict(layers=layers, hook=hook, batch_size=batch_size, progress=progress)
+    with_acts = collect_activations(model, with_prompts, **kw)
+    without_acts = collect_activations(model, without_prompts, **kw)
+    return direction_from_activations(
+        with_acts,
+        without_acts,
+        layers=layers,
+        name=name,
+        model_name=model_info(model).name,
+        n_model_layers=int(model.cfg.n_layers),
+        hook=hook,
+        data_hash=pairs.hash(),
+        extra={"instruction_ids": ids},
+    )
+
+
+def compute_directions(
+    model: Any,
+    pairs: Any,
+    layers: Sequence[int] | None = None,
+    hook: str = "resid_post",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, Direction]:
+    """One :class:`Direction` per instruction id in ``pairs``, keyed by that id."""
+    if len(pairs) == 0:
+        raise DatasetError("compute_directions: the pair dataset is empty")
+    return {
+        iid: compute_direction(
+            model, pairs.filter(instruction=iid), layers, hook, iid, batch_size, progress
+        )
+        for iid in pairs.instruction_ids()
+    }

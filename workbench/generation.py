@@ -1,0 +1,146 @@
+"""Batched generation from user texts: greedy or seeded sampling, KV-cached or the reference loop."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import WorkbenchError
+from .hooks import forward_hooks
+from .models.loading import model_info
+from .steering import GenerationState
+
+
+def eos_token_ids(model: Any) -> list[int]:
+    """Every token id that ends a response (generation config and tokenizer)."""
+    ids: set[int] = set()
+    cfg_eos = getattr(getattr(model.original_model, "generation_config", None), "eos_token_id", None)
+    for value in (cfg_eos, model.tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return sorted(ids)
+
+
+@contextlib.contextmanager
+def generation_state(model: Any, prompt_len: int, use_cache: bool) -> Iterator[GenerationState]:
+    """Track token positions during one generation so steering can target prompt or generated tokens."""
+    info = model_info(model)
+    state = GenerationState(prompt_len=prompt_len, use_cache=use_cache)
+    info.generation_state = state
+
+    def on_embed(x: torch.Tensor) -> None:
+        state.on_embed(x.shape[1])
+
+    try:
+        with forward_hooks(model, [("hook_embed", on_embed)]):
+            yield state
+    finally:
+        info.generation_state = None
+
+
+def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: float, gen: torch.Generator | None):
+    if not do_sample:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_p.cumsum(-1) - sorted_p > top_p
+        sorted_p[drop] = 0.0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+
+
+def _reference_loop(model, ids, mask, max_new_tokens, eos, pad, do_sample, temperature, top_p, seed):
+    """Re-run the whole sequence for every new token (the paper code's approach; slow but simple)."""
+    gen = torch.Generator().manual_seed(seed) if do_sample else None
+    done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    eos_t = torch.tensor(eos, device=ids.device)
+    for _ in range(max_new_tokens):
+        position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
+        logits = model(ids, attention_mask=mask, position_ids=position_ids, return_type="logits")
+        nxt = _pick(logits[:, -1], do_sample, temperature, top_p, gen)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        ids = torch.cat([ids, nxt[:, None]], dim=1)
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        done |= torch.isin(nxt, eos_t)
+        if bool(done.all()):
+            break
+    return ids
+
+
+@torch.no_grad()
+def generate(
+    model: Any,
+    prompts: Sequence[str] | str,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    use_cache: bool = True,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    formatted: bool = False,
+    progress: bool = False,
+    return_tokens: bool = False,
+) -> list[str] | list[list[int]]:
+    """Generate a response for each user text (prompt excluded from the output).
+
+    Prompts are formatted with the model's prompt style, left-padded into batches and decoded
+    greedily unless ``do_sample``; each row stops at its own EOS. ``use_cache=False`` runs the
+    reference loop that re-runs the full sequence per token; both give the same greedy tokens,
+    with or without active steering. ``return_tokens`` returns token ids instead of texts.
+    """
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise WorkbenchError("generate: no prompts given")
+    if max_new_tokens < 1:
+        raise WorkbenchError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if batch_size < 1:
+        raise WorkbenchError(f"batch_size must be >= 1, got {batch_size}")
+    if do_sample and not (temperature > 0 and 0 < top_p <= 1):
+        raise WorkbenchError("sampling needs temperature > 0 and 0 < top_p <= 1")
+    info = model_info(model)
+    tok = model.tokenizer
+    eos = eos_token_ids(model)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
+    device = model.cfg.device
+    results: list[list[int]] = []
+    starts = range(0, len(prompts), batch_size)
+    for start in tqdm(starts, desc="generate", disable=not progress, unit="batch"):
+        batch = prompts[start : start + batch_size]
+        ids, mask = info.formatter.encode(batch, padding_side="left", formatted=formatted)
+        ids, mask = ids.to(device), mask.to(device)
+        prompt_len = ids.shape[1]
+        with generation_state(model, prompt_len, use_cache):
+            if use_cache:
+                if do_sample:
+                    torch.manual_seed(seed + start)
+                out = model.original_model.generate(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=do_sample,
+                    temperature=temperature if do_sample else None,
+                    top_p=top_p if do_sample else None,
+                    top_k=None,
+                    eos_token_id=eos,
+                    pad_token_id=pad,
+                    use_cache=True,
+                )
+            else:
+                out = _reference_loop(
+                    model, ids, mask, max_new_tokens, eos, pad, do_sample, temperature, top_p, seed + start
+                )
+        for row in out[:, prompt_len:].tolist():
+            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+            results.append(row[:cut])
+    if return_tokens:
+        return results
+    return [tok.decode(r, skip_special_tokens=True) for r in results]

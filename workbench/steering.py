@@ -1,0 +1,178 @@
+"""Steering: add, project or ablate a direction in the residual stream inside a ``with`` block."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from jaxtyping import Float
+
+from .directions import Direction, LayerDirection, unit_vector
+from .errors import LayerError, ShapeError, SteeringError
+from .hooks import check_layer, forward_hooks, hook_name
+
+MODES = ("add", "project", "ablate")
+POSITIONS = ("all", "prompt", "generated")
+
+
+@dataclass
+class GenerationState:
+    """Where the current forward pass sits in a generation, so hooks can tell prompt from generated tokens.
+
+    ``start`` is the absolute position of the first token of the current forward pass and
+    ``prompt_len`` the (padded) prompt length; outside :func:`workbench.generate` there is no
+    state and every position counts as prompt.
+    """
+
+    prompt_len: int
+    use_cache: bool
+    start: int = 0
+    seen: int = 0
+
+    def on_embed(self, n_tokens: int) -> None:
+        if self.use_cache:
+            self.start, self.seen = self.seen, self.seen + n_tokens
+        else:
+            self.start, self.seen = 0, n_tokens
+
+    def prompt_mask(self, n_tokens: int, device: torch.device) -> torch.Tensor:
+        return torch.arange(self.start, self.start + n_tokens, device=device) < self.prompt_len
+
+
+@dataclass(frozen=True)
+class SteeringSpec:
+    """One intervention: a unit direction at one layer's residual stream.
+
+    ``mode``: ``add`` adds ``coeff * u``; ``project`` sets the projection on ``u`` to ``target``
+    (default: the mean projection of instructed prompts stored with the direction, as in the
+    paper); ``ablate`` removes the component along ``u``. ``positions``: ``all``, ``prompt`` or
+    ``generated`` tokens.
+    """
+
+    unit: Float[torch.Tensor, "d_model"]
+    layer: int
+    coeff: float = 1.0
+    mode: str = "add"
+    positions: str = "all"
+    target: float | None = None
+    hook: str = "resid_post"
+    name: str = "direction"
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise SteeringError(f"unknown steering mode {self.mode!r}; choose one of {MODES}")
+        if self.positions not in POSITIONS:
+            raise SteeringError(f"unknown positions {self.positions!r}; choose one of {POSITIONS}")
+        if self.mode == "project" and self.target is None:
+            raise SteeringError(
+                f"{self.name}: project mode needs a target projection; this direction stores none "
+                "(pass target=...)"
+            )
+        for label, value in (("coeff", self.coeff), ("target", self.target)):
+            if value is not None and not torch.isfinite(torch.tensor(float(value))):
+                raise SteeringError(f"{self.name}: {label} is {value}")
+
+    def apply(self, x: Float[torch.Tensor, "batch pos d_model"], state: GenerationState | None) -> torch.Tensor:
+        """The steered residual stream."""
+        if x.shape[-1] != self.unit.shape[0]:
+            raise ShapeError(
+                f"{self.name}: direction has d_model={self.unit.shape[0]}, residual stream has {x.shape[-1]}"
+            )
+        u = self.unit.to(device=x.device, dtype=x.dtype)
+        if self.mode == "add":
+            delta = (self.coeff * u).expand_as(x)
+        else:
+            proj = x @ u
+            goal = torch.zeros_like(proj) if self.mode == "ablate" else torch.full_like(proj, self.target)
+            delta = (goal - proj)[..., None] * u
+        if self.positions != "all":
+            in_prompt = (
+                state.prompt_mask(x.shape[1], x.device)
+                if state is not None
+                else torch.ones(x.shape[1], dtype=torch.bool, device=x.device)
+            )
+            keep = in_prompt if self.positions == "prompt" else ~in_prompt
+            delta = delta * keep[None, :, None].to(x.dtype)
+        return x + delta
+
+
+def make_spec(
+    direction: Direction | LayerDirection | torch.Tensor | SteeringSpec,
+    layer: int | None = None,
+    coeff: float = 1.0,
+    mode: str = "add",
+    positions: str = "all",
+    target: float | None = None,
+    hook: str = "resid_post",
+) -> SteeringSpec:
+    """Build a :class:`SteeringSpec` from a direction object or a plain ``[d_model]`` tensor."""
+    if isinstance(direction, SteeringSpec):
+        return direction
+    if isinstance(direction, Direction):
+        if layer is None:
+            if len(direction.layers) != 1:
+                raise LayerError(f"direction {direction.name!r} covers several layers: pass layer=")
+            layer = direction.layers[0]
+        direction = direction.at(layer)
+    if isinstance(direction, LayerDirection):
+        if layer is not None and int(layer) != direction.layer:
+            # a direction from one layer applied at another: allowed, the statistics still travel
+            pass
+        layer = direction.layer if layer is None else layer
+        if target is None and mode == "project":
+            target = direction.proj_with
+        return SteeringSpec(
+            unit=direction.unit, layer=int(layer), coeff=float(coeff), mode=mode,
+            positions=positions, target=target, hook=hook, name=direction.name,
+        )
+    if isinstance(direction, torch.Tensor):
+        if layer is None:
+            raise LayerError("steering with a plain tensor needs layer=")
+        vec = direction.detach().float().cpu()
+        return SteeringSpec(
+            unit=unit_vector(vec, "steering vector"), layer=int(layer), coeff=float(coeff), mode=mode,
+            positions=positions, target=target, hook=hook, name="tensor",
+        )
+    raise SteeringError(f"cannot steer with a {type(direction).__name__}; pass a Direction or a tensor")
+
+
+@contextlib.contextmanager
+def steer(
+    model: Any,
+    *directions: Direction | LayerDirection | torch.Tensor | SteeringSpec,
+    layer: int | None = None,
+    coeff: float = 1.0,
+    mode: str = "add",
+    positions: str = "all",
+    target: float | None = None,
+    hook: str = "resid_post",
+) -> Iterator[list[SteeringSpec]]:
+    """Steer ``model`` inside the block; hooks are removed on exit, also on exceptions.
+
+    Each positional argument is a direction (combined with the keyword arguments) or a ready
+    :class:`SteeringSpec`; several compose (applied in order at their layers).
+    """
+    if not directions:
+        raise SteeringError("steer() needs at least one direction or SteeringSpec")
+    specs = [make_spec(d, layer, coeff, mode, positions, target, hook) for d in directions]
+    d_model = int(model.cfg.d_model)
+    for spec in specs:
+        check_layer(model, spec.layer)
+        if spec.unit.shape[0] != d_model:
+            raise ShapeError(
+                f"{spec.name}: direction has d_model={spec.unit.shape[0]}, the model has d_model={d_model} "
+                "(a vector from another model?)"
+            )
+    info = getattr(model, "workbench", None)
+
+    def hook_fn(spec: SteeringSpec):
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            state = getattr(info, "generation_state", None) if info is not None else None
+            return spec.apply(x, state)
+
+        return fn
+
+    with forward_hooks(model, [(hook_name(s.layer, s.hook), hook_fn(s)) for s in specs]):
+        yield specs
