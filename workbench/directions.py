@@ -269,6 +269,21 @@ def direction_from_activations(
     )
 
 
+def pair_activations(
+    model: Any,
+    pairs: Any,
+    layers: Sequence[int] | None = None,
+    hook: str = "resid_post",
+    batch_size: int = 16,
+    progress: bool = True,
+) -> tuple[Float[torch.Tensor, "n n_layers d_model"], Float[torch.Tensor, "n n_layers d_model"]]:
+    """Last-token activations of every pair's prompt with and without its instruction."""
+    pairs.require_nonempty("pair_activations")
+    kw = dict(layers=layers, hook=hook, batch_size=batch_size, progress=progress)
+    without_prompts = pairs.prompts_without_instruction()  # fails early if rows lack it
+    return collect_activations(model, pairs.prompts(), **kw), collect_activations(model, without_prompts, **kw)
+
+
 def compute_direction(
     model: Any,
     pairs: Any,
@@ -285,11 +300,7 @@ def compute_direction(
     ids = pairs.instruction_ids()
     if name is None:
         name = ids[0] if len(ids) == 1 else "+".join(ids)
-    with_prompts = pairs.prompts()
-    without_prompts = pairs.prompts_without_instruction()
-    kw = dict(layers=layers, hook=hook, batch_size=batch_size, progress=progress)
-    with_acts = collect_activations(model, with_prompts, **kw)
-    without_acts = collect_activations(model, without_prompts, **kw)
+    with_acts, without_acts = pair_activations(model, pairs, layers, hook, batch_size, progress)
     return direction_from_activations(
         with_acts,
         without_acts,

@@ -66,6 +66,16 @@ def list_instructions(family: str | None = None) -> list[str]:
     return [iid for iid, spec in load_instruction_specs().items() if family is None or spec["family"] == family]
 
 
+def family_of(instruction_id: str) -> str:
+    """The built-in family holding ``instruction_id`` (a clear error for unknown ids)."""
+    specs = load_instruction_specs()
+    if instruction_id not in specs:
+        raise DatasetError(
+            f"unknown built-in instruction {instruction_id!r}; choose one of {', '.join(specs)}"
+        )
+    return str(specs[instruction_id]["family"])
+
+
 def _check_family(family: str) -> None:
     if family not in FAMILIES:
         raise DatasetError(f"unknown instruction family {family!r}; choose one of {', '.join(FAMILIES)}")

@@ -1,0 +1,225 @@
+"""The ``workbench`` command line: models, directions compute, generate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .errors import WorkbenchError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    from .models.registry import DEFAULT_MODEL
+
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name, local folder or hub id (default {DEFAULT_MODEL})")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
+
+
+def _load(args: argparse.Namespace):
+    from .models import load_model
+
+    return load_model(args.model, device=args.device, dtype=args.dtype)
+
+
+# --- models -------------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models.inventory import inventory
+
+    rows = inventory()
+    header = ("name", "installed", "cached", "size", "layers", "d_model", "prompts", "install")
+    table = [header] + [
+        (r.name, "yes" if r.installed else "no", "yes" if r.cached else "no", r.size, r.layers, r.d_model, r.prompt_style, r.install)
+        for r in rows
+    ]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+# --- directions ---------------------------------------------------------------------------
+def _parse_layers(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    layers: list[int] = []
+    try:
+        for part in text.split(","):
+            if "-" in part:
+                lo, hi = part.split("-")
+                layers.extend(range(int(lo), int(hi) + 1))
+            else:
+                layers.append(int(part))
+    except ValueError:
+        raise WorkbenchError(f"--layers: cannot read {text!r} (use e.g. 10,12,20-24)") from None
+    return layers
+
+
+def _parse_kwargs(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise WorkbenchError(f"--kwargs is not JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise WorkbenchError("--kwargs must be a JSON object, e.g. '{\"keywords\": [\"ocean\"]}'")
+    return value
+
+
+def cmd_directions_compute(args: argparse.Namespace) -> int:
+    from .data import load_pairs, load_pairs_file
+    from .data.builtin import family_of
+    from .directions import compute_direction
+
+    kwargs = _parse_kwargs(args.kwargs)
+    if args.pairs:
+        pairs = load_pairs_file(args.pairs)
+        if args.instruction or kwargs:
+            pairs = pairs.filter(instruction=args.instruction, kwargs=kwargs)
+    else:
+        if not args.instruction:
+            raise WorkbenchError("give --instruction ID (built-in pairs) or --pairs FILE")
+        pairs = load_pairs(args.family or family_of(args.instruction), args.instruction, split=args.split, kwargs=kwargs)
+    pairs.require_nonempty("directions compute")
+    ids = pairs.instruction_ids()
+    if len(ids) > 1 and not args.pool:
+        raise WorkbenchError(
+            f"the pairs hold {len(ids)} instructions ({', '.join(ids[:5])}{'...' if len(ids) > 5 else ''}); "
+            "pick one with --instruction, or pass --pool to compute one pooled direction"
+        )
+    model = _load(args)
+    direction = compute_direction(model, pairs, layers=_parse_layers(args.layers), hook=args.hook, batch_size=args.batch_size)
+    direction.save(args.out)
+    best = int(direction.norms.argmax())
+    print(f"wrote {args.out}: {direction!r}; largest mean difference at layer {direction.layers[best]}")
+    return 0
+
+
+# --- generate -----------------------------------------------------------------------------
+def _broadcast(values: list | None, n: int, name: str, default):
+    if not values:
+        return [default] * n
+    if len(values) == 1:
+        return values * n
+    if len(values) != n:
+        raise WorkbenchError(f"{name}: give one value or one per --steer ({n}), got {len(values)}")
+    return values
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from .directions import Direction
+    from .generation import generate
+    from .steering import make_spec, steer
+
+    model = _load(args)
+    n = len(args.steer or [])
+    if n == 0 and any(v for v in (args.layer, args.coeff, args.target)):
+        raise WorkbenchError("--layer/--coeff/--target need --steer FILE")
+    specs = []
+    for path, layer, coeff, target in zip(
+        args.steer or [],
+        _broadcast(args.layer, n, "--layer", None),
+        _broadcast(args.coeff, n, "--coeff", 1.0),
+        _broadcast(args.target, n, "--target", None),
+    ):
+        direction = Direction.load(path, model=model)
+        if layer is None:
+            raise WorkbenchError(f"--steer {path}: give --layer (the direction covers layers {direction.layers[0]}..{direction.layers[-1]})")
+        specs.append(make_spec(direction, layer, coeff, args.mode, args.positions, target))
+    ctx = steer(model, *specs) if specs else contextlib.nullcontext()
+    with ctx:
+        texts = generate(
+            model, args.prompt, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+            use_cache=not args.no_cache, do_sample=args.sample, temperature=args.temperature, seed=args.seed,
+            progress=len(args.prompt) > args.batch_size,
+        )
+    for prompt, text in zip(args.prompt, texts):
+        if len(args.prompt) > 1:
+            print(f"### {prompt}")
+        print(text)
+        if len(args.prompt) > 1:
+            print()
+    return 0
+
+
+# --- demo ---------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(model_name=args.model, device=args.device, n_eval=args.n_eval, n_train=args.n_train, out_dir=Path(args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list built-in models: installed, cached, size, layers, d_model")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("directions", help="compute or convert instruction directions")
+    dsub = p.add_subparsers(dest="directions_command", required=True)
+    c = dsub.add_parser("compute", help="compute a direction from built-in pairs or a pairs file")
+    _add_model_args(c)
+    c.add_argument("--instruction", help="IFEval instruction id, e.g. detectable_format:title")
+    c.add_argument("--family", choices=("format", "length", "keywords"), help="built-in family (default: from the id)")
+    c.add_argument("--split", default="train", choices=("train", "validation", "test", "all"))
+    c.add_argument("--kwargs", help="JSON filter on the instruction's kwargs, e.g. '{\"keywords\": [\"ocean\"]}'")
+    c.add_argument("--pairs", help="IFEval or paired jsonl file instead of built-in pairs")
+    c.add_argument("--pool", action="store_true", help="pool several instructions into one direction")
+    c.add_argument("--layers", help="layers to compute, e.g. 10,12,20-24 (default all)")
+    c.add_argument("--hook", default="resid_post", choices=("resid_pre", "resid_mid", "resid_post"))
+    c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument("--out", required=True, help="output .safetensors file")
+    c.set_defaults(func=cmd_directions_compute)
+
+    g = sub.add_parser("generate", help="generate (optionally steered) responses")
+    _add_model_args(g)
+    g.add_argument("--prompt", action="append", required=True, help="user text (repeat for several)")
+    g.add_argument("--steer", action="append", help="direction file (repeat to compose several)")
+    g.add_argument("--layer", type=int, action="append", help="layer for each --steer")
+    g.add_argument("--coeff", type=float, action="append", help="strength for add mode (per --steer)")
+    g.add_argument("--target", type=float, action="append", help="projection target for project mode")
+    g.add_argument("--mode", default="add", choices=("add", "project", "ablate"))
+    g.add_argument("--positions", default="all", choices=("all", "prompt", "generated"))
+    g.add_argument("--max-new-tokens", type=int, default=96)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--no-cache", action="store_true", help="reference loop: re-run the full sequence per token")
+    g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.set_defaults(func=cmd_generate)
+
+    d = sub.add_parser("demo", help="compute three instruction directions on SmolLM2 and steer with them")
+    d.add_argument("--model", default="smollm2-135m-instruct")
+    d.add_argument("--device", default=None)
+    d.add_argument("--n-eval", type=int, default=20, help="validation prompts per instruction")
+    d.add_argument("--n-train", type=int, default=120, help="training pairs per instruction")
+    d.add_argument("--out", default="figures", help="folder for the figure")
+    d.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: one-line errors and a non-zero exit status for bad input, never a traceback."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except WorkbenchError as exc:
+        print(f"workbench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("workbench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
