@@ -118,20 +118,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from .generation import generate
     from .steering import make_spec, steer
 
-    model = _load(args)
     n = len(args.steer or [])
     if n == 0 and any(v for v in (args.layer, args.coeff, args.target)):
         raise WorkbenchError("--layer/--coeff/--target need --steer FILE")
-    specs = []
-    for path, layer, coeff, target in zip(
-        args.steer or [],
+    plan = list(zip(
+        [Direction.load(path) for path in args.steer or []],  # read files before the slow model load
         _broadcast(args.layer, n, "--layer", None),
         _broadcast(args.coeff, n, "--coeff", 1.0),
         _broadcast(args.target, n, "--target", None),
-    ):
-        direction = Direction.load(path, model=model)
+    ))
+    for direction, layer, _, _ in plan:
         if layer is None:
-            raise WorkbenchError(f"--steer {path}: give --layer (the direction covers layers {direction.layers[0]}..{direction.layers[-1]})")
+            raise WorkbenchError(f"--steer {direction.name}: give --layer (the direction covers layers {direction.layers[0]}..{direction.layers[-1]})")
+    model = _load(args)
+    specs = []
+    for direction, layer, coeff, target in plan:
+        direction.check_compatible(model)
         specs.append(make_spec(direction, layer, coeff, args.mode, args.positions, target))
     ctx = steer(model, *specs) if specs else contextlib.nullcontext()
     with ctx:

@@ -135,12 +135,19 @@ def load_model(
     display, path, style = _resolve(name_or_path)
     if path == name_or_path and name_or_path not in BUILTIN_MODELS and not Path(path).exists():
         _check_hub_id(path)
+    from transformers.utils import logging as hf_logging
+
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar on every load is noise
     try:
         bridge = TransformerBridge.boot_transformers(path, device=device, dtype=dtype)
     except (OSError, KeyError) as exc:
         raise ModelNotFoundError(f"cannot load {name_or_path!r}: {exc}") from None
     except (ValueError, NotImplementedError) as exc:
         raise ModelNotFoundError(f"TransformerLens cannot wrap {name_or_path!r}: {exc}") from None
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
     bridge.enable_compatibility_mode(no_processing=True, disable_warnings=True)
     bridge.eval()
     tok = bridge.tokenizer

@@ -1,0 +1,154 @@
+"""Steer a plain ``transformers`` causal LM (no TransformerLens) with a saved direction.
+
+The hooks sit on the decoder layers: ``resid_post`` of block L is the output of
+``model.layers[L]`` (the same tensor TransformerLens calls ``blocks.L.hook_resid_post``), and
+``resid_pre`` of block L is that layer's input. The arithmetic is :meth:`SteeringSpec.apply`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+
+from ..directions import Direction, LayerDirection
+from ..errors import LayerError, ShapeError, SteeringError, WorkbenchError
+from ..steering import GenerationState, SteeringSpec, make_spec
+
+_LAYER_PATHS = ("model.layers", "layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+
+
+def decoder_layers(hf_model: Any) -> torch.nn.ModuleList:
+    """The list of decoder blocks of a Hugging Face causal LM (``model.layers`` for Llama-style models)."""
+    for dotted in _LAYER_PATHS:
+        obj = hf_model
+        for part in dotted.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList) and len(obj) > 0:
+            return obj
+    raise WorkbenchError(
+        f"cannot find the decoder layers of a {type(hf_model).__name__} (looked for {', '.join(_LAYER_PATHS)})"
+    )
+
+
+def hidden_size(hf_model: Any) -> int:
+    """Width of the residual stream from the model's config."""
+    config = getattr(hf_model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    size = getattr(config, "hidden_size", None)
+    if size is None:
+        raise WorkbenchError(f"cannot read hidden_size from the config of a {type(hf_model).__name__}")
+    return int(size)
+
+
+class _Positions:
+    """Tells prompt from generated tokens inside one ``hf_steer`` block.
+
+    The start of each forward pass comes from the KV cache length; the prompt length is given,
+    or else taken from the first forward pass in the block (the prompt of a ``generate`` call).
+    """
+
+    def __init__(self, prompt_len: int | None) -> None:
+        self.prompt_len = prompt_len
+
+    def state(self, n_tokens: int, cache: Any, layer_idx: int, after_update: bool) -> GenerationState:
+        start = 0
+        if cache is not None and hasattr(cache, "get_seq_length"):
+            cached = int(cache.get_seq_length(layer_idx))
+            start = max(cached - n_tokens, 0) if after_update else cached
+        if self.prompt_len is None:
+            self.prompt_len = start + n_tokens
+        return GenerationState(prompt_len=self.prompt_len, use_cache=True, start=start)
+
+
+def _replace_hidden(output: Any, new: torch.Tensor) -> Any:
+    if isinstance(output, torch.Tensor):
+        return new
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return (new,) + tuple(output[1:])
+    raise WorkbenchError(f"unexpected decoder-layer output of type {type(output).__name__}")
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise WorkbenchError(f"unexpected decoder-layer output of type {type(output).__name__}")
+
+
+@contextlib.contextmanager
+def hf_steer(
+    hf_model: Any,
+    *directions: Direction | LayerDirection | torch.Tensor | SteeringSpec,
+    layer: int | None = None,
+    coeff: float = 1.0,
+    mode: str = "add",
+    positions: str = "all",
+    target: float | None = None,
+    hook: str = "resid_post",
+    prompt_len: int | None = None,
+) -> Iterator[list[SteeringSpec]]:
+    """Steer a plain ``transformers`` model inside the block, like :func:`workbench.steer`; hooks are removed on exit.
+
+    ``positions="prompt"/"generated"`` splits at ``prompt_len`` (default: the length of the first
+    forward pass in the block, i.e. the padded prompt of one ``generate`` call).
+    """
+    if not directions:
+        raise SteeringError("hf_steer() needs at least one direction or SteeringSpec")
+    specs = [make_spec(d, layer, coeff, mode, positions, target, hook) for d in directions]
+    blocks = decoder_layers(hf_model)
+    width = hidden_size(hf_model)
+    for spec in specs:
+        if not 0 <= spec.layer < len(blocks):
+            raise LayerError(f"layer {spec.layer} is out of range: this model has layers 0..{len(blocks) - 1}")
+        if spec.unit.shape[0] != width:
+            raise ShapeError(
+                f"{spec.name}: direction has d_model={spec.unit.shape[0]}, the model has hidden_size={width} "
+                "(a vector from another model?)"
+            )
+        if spec.hook not in ("resid_post", "resid_pre"):
+            raise SteeringError(f"{spec.name}: hf_steer supports hook resid_post or resid_pre, not {spec.hook!r}")
+    tracker = _Positions(prompt_len)
+
+    def post_hook(spec: SteeringSpec):
+        def fn(module: torch.nn.Module, args: Any, kwargs: dict, output: Any) -> Any:
+            x = _hidden(output)
+            state = None
+            if spec.positions != "all":
+                state = tracker.state(x.shape[1], kwargs.get("past_key_values"), spec.layer, after_update=True)
+            return _replace_hidden(output, spec.apply(x, state))
+
+        return fn
+
+    def pre_hook(spec: SteeringSpec):
+        def fn(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+            if args and isinstance(args[0], torch.Tensor):
+                x, put = args[0], lambda new: ((new,) + tuple(args[1:]), kwargs)
+            elif isinstance(kwargs.get("hidden_states"), torch.Tensor):
+                x, put = kwargs["hidden_states"], lambda new: (args, {**kwargs, "hidden_states": new})
+            else:
+                raise WorkbenchError("cannot find the hidden states passed to the decoder layer")
+            state = None
+            if spec.positions != "all":
+                state = tracker.state(x.shape[1], kwargs.get("past_key_values"), spec.layer, after_update=False)
+            return put(spec.apply(x, state))
+
+        return fn
+
+    handles = []
+    try:
+        for spec in specs:
+            block = blocks[spec.layer]
+            if spec.hook == "resid_post":
+                handles.append(block.register_forward_hook(post_hook(spec), with_kwargs=True))
+            else:
+                handles.append(block.register_forward_pre_hook(pre_hook(spec), with_kwargs=True))
+        yield specs
+    finally:
+        for handle in handles:
+            handle.remove()
