@@ -206,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-train", type=int, default=120, help="training pairs per instruction")
     d.add_argument("--out", default="figures", help="folder for the figure")
     d.set_defaults(func=cmd_demo)
+
+    from .interop.cli import register as register_interop
+
+    register_interop(dsub)
     return parser
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from ..errors import DatasetError
+from ..errors import DatasetError, WorkbenchError
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,12 @@ def check_response(
         raise DatasetError(f"unknown IFEval instruction ids {unknown}")
     if len(kwargs_list) != len(instruction_ids):
         raise DatasetError(f"{len(instruction_ids)} instruction ids but {len(kwargs_list)} kwargs dicts")
-    results, _ = evaluate_instructions(response, list(instruction_ids), list(kwargs_list), prompt, registry)
+    try:
+        results, _ = evaluate_instructions(response, list(instruction_ids), list(kwargs_list), prompt, registry)
+    except LookupError:
+        raise WorkbenchError(
+            f"checking {list(instruction_ids)} needs NLTK's Punkt sentence model, which is not installed"
+        ) from None
     if not results:  # if-verifiable returns nothing for an empty response
         return [CheckResult(i, False, False) for i in instruction_ids]
     return [CheckResult(r.instruction_id, r.strict_pass, r.loose_pass) for r in results]

@@ -18,7 +18,9 @@ def _layers(text: str | None) -> list[int] | None:
 
 
 def _span(indices: list[int]) -> str:
-    return f"{indices[0]}..{indices[-1]}" if indices == list(range(indices[0], indices[-1] + 1)) else ",".join(map(str, indices))
+    if len(indices) > 1 and indices == list(range(indices[0], indices[-1] + 1)):
+        return f"{indices[0]}..{indices[-1]}"
+    return ",".join(map(str, indices))
 
 
 def cmd_directions_export(args: argparse.Namespace) -> int:
