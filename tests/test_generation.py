@@ -12,8 +12,9 @@ import workbench as wb
 PROMPTS = ["Hi.", "Explain why the sky is blue.", "Write a story about a fox who finds a lantern at night."]
 
 
-def run(model, prompts, use_cache, batch_size=3, n=10):
-    return wb.generate(model, prompts, max_new_tokens=n, batch_size=batch_size, use_cache=use_cache, return_tokens=True)
+def run(model, prompts, use_cache, batch_size=3, n=10, backend="auto"):
+    return wb.generate(model, prompts, max_new_tokens=n, batch_size=batch_size, use_cache=use_cache,
+                       return_tokens=True, backend=backend)
 
 
 def test_cache_matches_reference_unsteered(tiny):
@@ -32,10 +33,11 @@ def test_cache_matches_reference_under_steering(tiny, mode, positions):
     baseline = run(tiny, PROMPTS, True)
     with wb.steer(tiny, vec, **kw):
         cached = run(tiny, PROMPTS, True)
+        bridge = run(tiny, PROMPTS, True, backend="bridge")
         reference = run(tiny, PROMPTS, False)
         single = [run(tiny, [p], True, 1)[0] for p in PROMPTS]
         single_ref = [run(tiny, [p], False, 1)[0] for p in PROMPTS]
-    assert cached == reference == single == single_ref
+    assert cached == bridge == reference == single == single_ref
     assert cached != baseline, "this steering should change the greedy output"
     if positions == "generated":  # the first new token is predicted from prompt positions only
         assert [r[0] for r in cached] == [r[0] for r in baseline]
@@ -57,6 +59,17 @@ def test_stops_at_eos(tiny):
     assert out == ref == [[], [], []]
 
 
+def test_min_new_tokens(tiny):
+    eos_id = tiny.tokenizer.eos_token_id
+    w_u = tiny.original_model.lm_head.weight[eos_id].detach()
+    with wb.steer(tiny, w_u, layer=3, coeff=500.0):  # EOS would come first
+        kw = dict(max_new_tokens=6, min_new_tokens=4, return_tokens=True)
+        cached = wb.generate(tiny, PROMPTS, **kw)
+        assert cached == wb.generate(tiny, PROMPTS, use_cache=False, **kw)
+        assert cached == wb.generate(tiny, PROMPTS, backend="bridge", **kw)
+    assert all(len(r) == 4 for r in cached)
+
+
 def test_sampling_is_seeded(tiny):
     a = wb.generate(tiny, PROMPTS, max_new_tokens=8, do_sample=True, seed=3, return_tokens=True)
     b = wb.generate(tiny, PROMPTS, max_new_tokens=8, do_sample=True, seed=3, return_tokens=True)
@@ -71,3 +84,26 @@ def test_bad_generation_input(tiny):
         wb.generate(tiny, PROMPTS, max_new_tokens=0)
     with pytest.raises(wb.WorkbenchError, match="temperature"):
         wb.generate(tiny, PROMPTS, do_sample=True, temperature=0)
+
+
+def test_backends(tiny, random_unit):
+    plain = run(tiny, PROMPTS, True, backend="plain")
+    assert plain == run(tiny, PROMPTS, True, backend="bridge")
+    # composition of specs at two layers, and resid_pre, on both backends
+    specs = [wb.SteeringSpec(unit=random_unit, layer=1, coeff=5.0), wb.SteeringSpec(unit=-random_unit, layer=3, coeff=4.0, hook="resid_pre")]
+    with wb.steer(tiny, *specs):
+        steered = run(tiny, PROMPTS, True, backend="plain")
+        assert steered == run(tiny, PROMPTS, True, backend="bridge") == run(tiny, PROMPTS, False)
+    assert steered != plain
+    # resid_mid steering and hand-added hooks only run on the bridge
+    with wb.steer(tiny, random_unit, layer=2, coeff=5.0, hook="resid_mid"):
+        with pytest.raises(wb.WorkbenchError, match="backend='bridge'"):
+            run(tiny, PROMPTS, True, backend="plain")
+        assert run(tiny, PROMPTS, True) == run(tiny, PROMPTS, False)
+    handle = tiny.hook_dict["blocks.1.hook_resid_post"].register_forward_hook(lambda m, i, o: o + 3.0)
+    try:
+        assert run(tiny, PROMPTS, True) == run(tiny, PROMPTS, False) != plain
+    finally:
+        handle.remove()
+    with pytest.raises(wb.WorkbenchError, match="unknown backend"):
+        run(tiny, PROMPTS, True, backend="vllm")

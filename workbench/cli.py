@@ -159,6 +159,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(model_name=args.model, device=args.device, n_extract=args.n_extract,
+              lengths=tuple(args.lengths), out=Path(args.out) if args.out else None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -206,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-train", type=int, default=120, help="training pairs per instruction")
     d.add_argument("--out", default="figures", help="folder for the figure")
     d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="benchmark steered generation and activation extraction")
+    b.add_argument("--model", default="smollm2-135m-instruct")
+    b.add_argument("--device", default=None)
+    b.add_argument("--lengths", type=int, nargs="+", default=[128, 256], help="new tokens per generation")
+    b.add_argument("--n-extract", type=int, default=200, help="prompts for the extraction rows")
+    b.add_argument("--out", default="docs/bench.json", help="JSON report ('' for none)")
+    b.set_defaults(func=cmd_bench)
 
     from .interop.cli import register as register_interop
 

@@ -35,11 +35,11 @@ class DemoInstruction:
     label: str = ""
 
 
-# Layers chosen by hand on SmolLM2-135M-Instruct's validation prompts (docs/demo.md has the sweep).
+# Layers chosen by hand on SmolLM2-135M-Instruct's validation prompts (docs/demo.md has the measurements).
 DEMO_INSTRUCTIONS = (
     DemoInstruction("detectable_format:title", "format", layer=26, max_new_tokens=48, label="title in <<double angular brackets>>"),
     DemoInstruction("keywords:existence", "keywords", layer=24, kwargs={"keywords": ["ocean"]}, max_new_tokens=96, label="include the word 'ocean'"),
-    DemoInstruction("detectable_format:number_bullet_lists", "format", layer=24, max_new_tokens=96, label="exactly 3 markdown bullet points"),
+    DemoInstruction("detectable_format:multiple_sections", "format", layer=24, max_new_tokens=96, label="3 sections marked 'Section 1', 'Section 2', ..."),
 )
 
 

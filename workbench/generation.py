@@ -10,7 +10,9 @@ from tqdm.auto import tqdm
 
 from .errors import WorkbenchError
 from .hooks import forward_hooks
-from .models.loading import model_info
+from .interop.hf_hooks import hf_steer
+from .models.loading import bridge_hook_count, model_info
+from .models.plain import build_plain_model
 from .steering import GenerationState
 
 
@@ -55,15 +57,17 @@ def _pick(logits: torch.Tensor, do_sample: bool, temperature: float, top_p: floa
     return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
 
 
-def _reference_loop(model, ids, mask, max_new_tokens, eos, pad, do_sample, temperature, top_p, seed):
+def _reference_loop(model, ids, mask, max_new_tokens, min_new_tokens, eos, pad, do_sample, temperature, top_p, seed):
     """Re-run the whole sequence for every new token (the paper code's approach; slow but simple)."""
     gen = torch.Generator().manual_seed(seed) if do_sample else None
     done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
     eos_t = torch.tensor(eos, device=ids.device)
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
         position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
-        logits = model(ids, attention_mask=mask, position_ids=position_ids, return_type="logits")
-        nxt = _pick(logits[:, -1], do_sample, temperature, top_p, gen)
+        logits = model(ids, attention_mask=mask, position_ids=position_ids, return_type="logits")[:, -1]
+        if step < min_new_tokens:  # as transformers' min_new_tokens: EOS cannot be picked yet
+            logits[:, eos_t] = float("-inf")
+        nxt = _pick(logits, do_sample, temperature, top_p, gen)
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         ids = torch.cat([ids, nxt[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
@@ -71,6 +75,21 @@ def _reference_loop(model, ids, mask, max_new_tokens, eos, pad, do_sample, tempe
         if bool(done.all()):
             break
     return ids
+
+
+BACKENDS = ("auto", "plain", "bridge")
+
+
+def _plain_model(model: Any, info: Any) -> Any | None:
+    """The weight-sharing plain model when it can reproduce every active hook, else None."""
+    specs = info.active_specs
+    if any(spec.hook not in ("resid_post", "resid_pre") for spec in specs):
+        return None
+    if bridge_hook_count(model) != info.baseline_hooks + len(specs):
+        return None  # hooks we did not add: only the bridge path runs them
+    if info.plain is None:
+        info.plain = build_plain_model(model)
+    return info.plain
 
 
 @torch.no_grad()
@@ -87,6 +106,8 @@ def generate(
     formatted: bool = False,
     progress: bool = False,
     return_tokens: bool = False,
+    backend: str = "auto",
+    min_new_tokens: int = 0,
 ) -> list[str] | list[list[int]]:
     """Generate a response for each user text (prompt excluded from the output).
 
@@ -94,6 +115,12 @@ def generate(
     greedily unless ``do_sample``; each row stops at its own EOS. ``use_cache=False`` runs the
     reference loop that re-runs the full sequence per token; both give the same greedy tokens,
     with or without active steering. ``return_tokens`` returns token ids instead of texts.
+
+    ``min_new_tokens`` keeps EOS from being picked before that many tokens (benchmarks use it).
+    ``backend``: KV-cached generation runs on a plain ``transformers`` model sharing the
+    bridge's weights, with the active steering re-applied to its decoder layers (``plain``,
+    faster), or through the TransformerLens bridge (``bridge``); ``auto`` takes ``plain``
+    unless hooks are active that only the bridge can run. Both give the same tokens.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -107,6 +134,14 @@ def generate(
     if do_sample and not (temperature > 0 and 0 < top_p <= 1):
         raise WorkbenchError("sampling needs temperature > 0 and 0 < top_p <= 1")
     info = model_info(model)
+    if backend not in BACKENDS:
+        raise WorkbenchError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    plain = _plain_model(model, info) if backend != "bridge" else None
+    if backend == "plain" and plain is None:
+        raise WorkbenchError(
+            "backend='plain' cannot reproduce the active hooks (resid_mid steering or hooks added by hand); "
+            "use backend='bridge'"
+        )
     tok = model.tokenizer
     eos = eos_token_ids(model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
@@ -118,26 +153,26 @@ def generate(
         ids, mask = info.formatter.encode(batch, padding_side="left", formatted=formatted)
         ids, mask = ids.to(device), mask.to(device)
         prompt_len = ids.shape[1]
-        with generation_state(model, prompt_len, use_cache):
-            if use_cache:
-                if do_sample:
-                    torch.manual_seed(seed + start)
-                out = model.original_model.generate(
-                    input_ids=ids,
-                    attention_mask=mask,
-                    max_new_tokens=max_new_tokens,
-                    do_sample=do_sample,
-                    temperature=temperature if do_sample else None,
-                    top_p=top_p if do_sample else None,
-                    top_k=None,
-                    eos_token_id=eos,
-                    pad_token_id=pad,
-                    use_cache=True,
-                )
-            else:
-                out = _reference_loop(
-                    model, ids, mask, max_new_tokens, eos, pad, do_sample, temperature, top_p, seed + start
-                )
+        hf_kwargs = dict(
+            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+            temperature=temperature if do_sample else None, top_p=top_p if do_sample else None, top_k=None,
+            eos_token_id=eos, pad_token_id=pad, use_cache=True, min_new_tokens=min_new_tokens or None,
+        )
+        if do_sample:
+            torch.manual_seed(seed + start)
+        if use_cache and plain is not None:
+            steering = hf_steer(plain, *info.active_specs, prompt_len=prompt_len) if info.active_specs else contextlib.nullcontext()
+            with steering:
+                out = plain.generate(**hf_kwargs)
+        else:
+            with generation_state(model, prompt_len, use_cache):
+                if use_cache:
+                    out = model.original_model.generate(**hf_kwargs)
+                else:
+                    out = _reference_loop(
+                        model, ids, mask, max_new_tokens, min_new_tokens, eos, pad, do_sample, temperature, top_p,
+                        seed + start,
+                    )
         for row in out[:, prompt_len:].tolist():
             cut = next((i for i, t in enumerate(row) if t in eos), len(row))
             results.append(row[:cut])

@@ -174,5 +174,15 @@ def steer(
 
         return fn
 
-    with forward_hooks(model, [(hook_name(s.layer, s.hook), hook_fn(s)) for s in specs]):
-        yield specs
+    # generate() re-applies the active specs on a plain copy of the model for speed
+    active = info.active_specs if info is not None else []
+    active.extend(specs)
+    try:
+        with forward_hooks(model, [(hook_name(s.layer, s.hook), hook_fn(s)) for s in specs]):
+            yield specs
+    finally:
+        for spec in specs:
+            for i, other in enumerate(active):
+                if other is spec:
+                    del active[i]
+                    break

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,10 @@ class ModelInfo:
     path: str
     prompt_style: str
     formatter: PromptFormatter
+    baseline_hooks: int = 0  # hooks on the bridge's hook points right after loading
+    active_specs: list = field(default_factory=list)  # steering specs of open steer() blocks
+    generation_state: Any = None
+    plain: Any = None  # lazily built plain transformers model sharing the weights
 
     @property
     def is_instruct(self) -> bool:
@@ -155,8 +159,14 @@ def load_model(
         tok.pad_token = tok.eos_token
     if style is None:
         style = "chat" if getattr(tok, "chat_template", None) else "qa"
-    bridge.workbench = ModelInfo(display, path, style, PromptFormatter(tok, style))
+    bridge.workbench = ModelInfo(display, path, style, PromptFormatter(tok, style), bridge_hook_count(bridge))
     return bridge
+
+
+def bridge_hook_count(model: Any) -> int:
+    """Forward hooks registered on the bridge's hook points (aliases name some points twice)."""
+    points = {id(hp): hp for hp in model.hook_dict.values()}.values()
+    return sum(len(hp._forward_hooks) + len(hp._forward_pre_hooks) for hp in points)
 
 
 def model_info(model: Any) -> ModelInfo:

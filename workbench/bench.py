@@ -1,0 +1,262 @@
+"""``workbench bench``: steered generation and activation extraction against their ceilings.
+
+Every figure comes from one run on one model, so ratios between rows are meaningful even on a
+noisy machine. Batch-1 decoding reads every weight once per token, so memory bandwidth divided
+by the weight bytes is the floor-time ceiling on tokens per second; each row shows its fraction.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from .activations import collect_activations
+from .data import load_pairs
+from .directions import compute_direction
+from .generation import generate
+from .io import write_json_atomic
+from .models import load_model, model_info
+from .steering import SteeringSpec, steer
+
+
+@dataclass
+class Row:
+    """One measured configuration."""
+
+    task: str
+    variant: str
+    batch: int
+    new_tokens: int
+    seconds: float
+    throughput: float  # tokens/s for generation, prompts/s for extraction
+    unit: str
+    peak_mem_mb: float
+    floor_fraction: float | None = None  # batch-1 tokens/s over the bandwidth ceiling
+
+
+def _rss_mb(field: str) -> float:
+    """Resident memory (``VmRSS``) or its peak since the last reset (``VmHWM``) in MiB (Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass
+
+
+def measure(fn: Callable[[], Any], device: str) -> tuple[float, float]:
+    """Run ``fn`` once; return (seconds, peak extra memory in MiB: CUDA allocator or process RSS)."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        _reset_peak()
+        base = _rss_mb("VmRSS")
+    start = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        peak = _rss_mb("VmHWM") - base
+    return time.perf_counter() - start, peak
+
+
+def memory_bandwidth_gbs(device: str, n_bytes: int = 512 * 2**20, repeats: int = 5) -> float:
+    """Sustained copy bandwidth (read + write bytes per second, best of ``repeats``) in GB/s."""
+    src = torch.ones(n_bytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    best = float("inf")
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        dst.copy_(src)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * n_bytes / best / 1e9
+
+
+def weight_bytes(model: Any) -> int:
+    """Bytes of all parameters, tied ones counted once."""
+    seen: set[int] = set()
+    total = 0
+    for p in model.original_model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+def run_bench(
+    model_name: str = "smollm2-135m-instruct",
+    device: str | None = None,
+    batches: tuple[int, ...] = (1, 16),
+    lengths: tuple[int, ...] = (128, 256),
+    n_extract: int = 200,
+    out: Path | None = Path("docs/bench.json"),
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Measure every row of the benchmark table and return it with the machine's figures."""
+    torch.manual_seed(0)
+    model = load_model(model_name, device=device)
+    device = str(model.cfg.device)
+    info = model_info(model)
+    prompts = load_pairs("format", "detectable_format:title", split="validation").prompts_without_instruction()
+    pairs = load_pairs("format", "detectable_format:title", split="train").head(16)
+    title = compute_direction(model, pairs, progress=False)
+    n_layers = model.cfg.n_layers
+    layers3 = [n_layers // 2, (2 * n_layers) // 3, (5 * n_layers) // 6]
+    others = [compute_direction(model, load_pairs("format", iid, split="train").head(16), progress=False)
+              for iid in ("detectable_format:multiple_sections", "detectable_format:number_highlighted_sections")]
+    one = [SteeringSpec(unit=title.at(layers3[2]).unit, layer=layers3[2], coeff=8.0)]
+    three = [SteeringSpec(unit=d.at(layer).unit, layer=layer, coeff=8.0) for d, layer in zip([title, *others], layers3)]
+    bandwidth = memory_bandwidth_gbs(device)
+    wbytes = weight_bytes(model)
+    floor_tps = bandwidth * 1e9 / wbytes
+    say(f"model {info.name} on {device}: weights {wbytes / 2**20:.0f} MiB, copy bandwidth {bandwidth:.1f} GB/s, "
+        f"batch-1 ceiling {floor_tps:.0f} tokens/s")
+
+    from transformers import AutoModelForCausalLM
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf = AutoModelForCausalLM.from_pretrained(info.path, dtype=model.cfg.dtype).to(device).eval()
+    hf_logging.enable_progress_bar()
+    tok = model.tokenizer
+
+    def plain_hf(batch_prompts: list[str], n: int) -> None:
+        ids, mask = info.formatter.encode(batch_prompts, padding_side="left")
+        with torch.no_grad():
+            hf.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=n,
+                        min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
+
+    def workbench(specs: list[SteeringSpec], use_cache: bool = True):
+        def run(batch_prompts: list[str], n: int) -> None:
+            with steer(model, *specs):
+                generate(model, batch_prompts, max_new_tokens=n, min_new_tokens=n,
+                         batch_size=len(batch_prompts), use_cache=use_cache)
+        return run
+
+    variants = {
+        "transformers generate, unsteered (ceiling)": plain_hf,
+        "workbench, steered (add, 1 layer)": workbench(one),
+        "workbench, 3 directions at 3 layers": workbench(three),
+    }
+    rows: list[Row] = []
+    plain_hf(prompts[:2], 4)  # warm-up
+    workbench(one)(prompts[:2], 4)
+    for n in lengths:
+        for b in batches:
+            for name, fn in variants.items():
+                secs, peak = measure(lambda: fn(prompts[:b], n), device)
+                tps = b * n / secs
+                rows.append(Row("generate", name, b, n, secs, tps, "tokens/s", peak, tps / floor_tps if b == 1 else None))
+                say(_fmt(rows[-1]))
+        secs, peak = measure(lambda: workbench(one, use_cache=False)(prompts[:1], n), device)
+        rows.append(Row("generate", "reference: re-run full sequence per token, steered", 1, n, secs, n / secs,
+                        "tokens/s", peak, n / secs / floor_tps))
+        say(_fmt(rows[-1]))
+
+    extract = (load_pairs("format", split="train").prompts() * 2)[:n_extract]
+    secs, peak = measure(lambda: collect_activations(model, extract, batch_size=32, progress=False), device)
+    rows.append(Row("extract", "workbench batched last-token cache (batch 32)", 32, 0, secs, n_extract / secs, "prompts/s", peak))
+    say(_fmt(rows[-1]))
+
+    def one_at_a_time() -> None:
+        with torch.no_grad():
+            for p in extract:
+                ids, _ = info.formatter.encode([p])
+                model.run_with_cache(ids.to(device))
+
+    secs, peak = measure(one_at_a_time, device)
+    rows.append(Row("extract", "one prompt at a time, run_with_cache (all hooks)", 1, 0, secs, n_extract / secs, "prompts/s", peak))
+    say(_fmt(rows[-1]))
+    report = {
+        "model": info.name, "device": device, "machine": _machine(device), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "weight_bytes": wbytes, "bandwidth_gbs": bandwidth,
+        "batch1_ceiling_tokens_per_s": floor_tps, "rows": [asdict(r) for r in rows], "ratios": ratios(rows),
+    }
+    say("\n" + markdown(report))
+    if out is not None:
+        write_json_atomic(out, report)
+        say(f"\nwrote {out}")
+    return report
+
+
+def _machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name()
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def _fmt(r: Row) -> str:
+    tokens = f" x{r.new_tokens}" if r.new_tokens else ""
+    return f"  {r.variant:<52} b{r.batch:<3}{tokens:<6} {r.throughput:8.1f} {r.unit:<9} {r.seconds:7.2f} s  peak +{r.peak_mem_mb:.0f} MiB"
+
+
+def _get(rows: list[Row], variant: str, batch: int, n: int) -> float:
+    for r in rows:
+        if r.variant.startswith(variant) and r.batch == batch and r.new_tokens == n:
+            return r.throughput
+    return float("nan")
+
+
+def ratios(rows: list[Row]) -> dict[str, float]:
+    """The target ratios of the benchmark issue, from one run's rows."""
+    steered, plain, ref = "workbench, steered", "transformers generate", "reference"
+    big = max(r.batch for r in rows if r.task == "generate")
+    out = {}
+    for length in sorted({r.new_tokens for r in rows if r.new_tokens}):
+        out[f"steered b1 / transformers b1, {length} tokens (target >= 0.9)"] = _get(rows, steered, 1, length) / _get(rows, plain, 1, length)
+        out[f"steered b{big} / steered b1, {length} tokens (target >= 4 at b16)"] = _get(rows, steered, big, length) / _get(rows, steered, 1, length)
+        out[f"steered b1 / reference b1, {length} tokens (target >= 8 at 256)"] = _get(rows, steered, 1, length) / _get(rows, ref, 1, length)
+    ex = [r.throughput for r in rows if r.task == "extract"]
+    if len(ex) == 2:
+        out["batched extraction / one at a time (target >= 5)"] = ex[0] / ex[1]
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The benchmark table as Markdown."""
+    lines = [
+        f"Model `{report['model']}` on {report['device']} ({report['machine']}, torch {report['torch']}); "
+        f"weights {report['weight_bytes'] / 2**20:.0f} MiB; measured copy bandwidth {report['bandwidth_gbs']:.1f} GB/s "
+        f"-> batch-1 ceiling {report['batch1_ceiling_tokens_per_s']:.0f} tokens/s.",
+        "",
+        "| task | variant | batch | new tokens | throughput | fraction of batch-1 ceiling | peak extra memory |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        frac = f"{r['floor_fraction']:.2f}" if r["floor_fraction"] is not None else ""
+        lines.append(
+            f"| {r['task']} | {r['variant']} | {r['batch']} | {r['new_tokens'] or ''} | {r['throughput']:.1f} {r['unit']} "
+            f"| {frac} | {r['peak_mem_mb']:.0f} MiB |"
+        )
+    lines += ["", "| ratio | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.2f} |" for k, v in report["ratios"].items()]
+    return "\n".join(lines)
+
+
+def main_json(path: Path) -> str:
+    """Render a saved benchmark JSON as Markdown."""
+    return markdown(json.loads(Path(path).read_text()))

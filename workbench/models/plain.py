@@ -1,0 +1,57 @@
+"""A plain ``transformers`` model that shares the bridge's weights, for fast KV-cached generation.
+
+TransformerLens wraps every submodule of the Hugging Face model it loads; generating through
+those wrappers costs time per token. This rebuilds the original module tree on the meta device
+and points its parameters and buffers at the bridge's tensors, so no weight is copied.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..errors import WorkbenchError
+
+WRAPPER = "._original_component"
+
+
+def _hf_name(name: str) -> str:
+    return name.replace(WRAPPER, "")
+
+
+def _set_tensor(root: torch.nn.Module, dotted: str, value: torch.Tensor, buffer: bool) -> None:
+    owner_path, _, leaf = dotted.rpartition(".")
+    owner = root.get_submodule(owner_path) if owner_path else root
+    if buffer:
+        persistent = leaf not in getattr(owner, "_non_persistent_buffers_set", set())
+        owner.register_buffer(leaf, value, persistent=persistent)
+    else:
+        setattr(owner, leaf, value if isinstance(value, torch.nn.Parameter) else torch.nn.Parameter(value, requires_grad=False))
+
+
+def build_plain_model(bridge: Any) -> torch.nn.Module:
+    """The bridge's Hugging Face model as plain ``transformers`` modules over the same tensors."""
+    original = bridge.original_model
+    config = original.config
+    with torch.device("meta"):
+        plain = type(original)(config)
+    wanted = {name for name, _ in plain.named_parameters(remove_duplicate=False)}
+    shared = {_hf_name(n): p for n, p in original.named_parameters(remove_duplicate=False)}
+    missing = wanted - set(shared)
+    if missing:
+        raise WorkbenchError(f"cannot rebuild a plain {type(original).__name__}: bridge lacks {sorted(missing)[:3]}")
+    for name in wanted:
+        _set_tensor(plain, name, shared[name], buffer=False)
+    for name, buf in original.named_buffers(remove_duplicate=False):
+        hf = _hf_name(name)
+        try:
+            plain.get_buffer(hf)
+        except AttributeError:
+            continue  # a buffer the bridge added (not part of the HF model)
+        _set_tensor(plain, hf, buf, buffer=True)
+    still_meta = [n for n, t in list(plain.named_parameters()) + list(plain.named_buffers()) if t.is_meta]
+    if still_meta:
+        raise WorkbenchError(f"cannot rebuild a plain {type(original).__name__}: {still_meta[:3]} not shared")
+    plain.generation_config = original.generation_config
+    return plain.eval()
