@@ -276,7 +276,7 @@ def test_hf_steer_hook_hygiene_and_bad_input(tiny, tiny_hf, random_unit):
     with pytest.raises(wb.LayerError, match="out of range"):
         with hf_steer(tiny_hf, random_unit, layer=4):
             pass
-    with pytest.raises(wb.ShapeError, match="hidden_size=64"):
+    with pytest.raises(wb.ShapeError, match="the model has d_model=64"):
         with hf_steer(tiny_hf, torch.ones(32), layer=1):
             pass
     with pytest.raises(wb.SteeringError, match="unknown steering mode"):

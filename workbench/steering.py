@@ -11,7 +11,7 @@ from jaxtyping import Float
 
 from .directions import Direction, LayerDirection, unit_vector
 from .errors import LayerError, ShapeError, SteeringError
-from .hooks import check_layer, forward_hooks, hook_name
+from .hooks import forward_hooks, hook_name
 
 MODES = ("add", "project", "ablate")
 POSITIONS = ("all", "prompt", "generated")
@@ -138,6 +138,32 @@ def make_spec(
     raise SteeringError(f"cannot steer with a {type(direction).__name__}; pass a Direction or a tensor")
 
 
+def resolve_specs(
+    directions: tuple[Any, ...],
+    n_layers: int,
+    d_model: int,
+    layer: int | None = None,
+    coeff: float = 1.0,
+    mode: str = "add",
+    positions: str = "all",
+    target: float | None = None,
+    hook: str = "resid_post",
+) -> list[SteeringSpec]:
+    """Specs for every direction, checked against a model of ``n_layers`` blocks of width ``d_model``."""
+    if not directions:
+        raise SteeringError("steering needs at least one direction or SteeringSpec")
+    specs = [make_spec(d, layer, coeff, mode, positions, target, hook) for d in directions]
+    for spec in specs:
+        if not 0 <= spec.layer < n_layers:
+            raise LayerError(f"layer {spec.layer} is out of range: this model has layers 0..{n_layers - 1}")
+        if spec.unit.shape[0] != d_model:
+            raise ShapeError(
+                f"{spec.name}: direction has d_model={spec.unit.shape[0]}, the model has d_model={d_model} "
+                "(a vector from another model?)"
+            )
+    return specs
+
+
 @contextlib.contextmanager
 def steer(
     model: Any,
@@ -154,17 +180,7 @@ def steer(
     Each positional argument is a direction (combined with the keyword arguments) or a ready
     :class:`SteeringSpec`; several compose (applied in order at their layers).
     """
-    if not directions:
-        raise SteeringError("steer() needs at least one direction or SteeringSpec")
-    specs = [make_spec(d, layer, coeff, mode, positions, target, hook) for d in directions]
-    d_model = int(model.cfg.d_model)
-    for spec in specs:
-        check_layer(model, spec.layer)
-        if spec.unit.shape[0] != d_model:
-            raise ShapeError(
-                f"{spec.name}: direction has d_model={spec.unit.shape[0]}, the model has d_model={d_model} "
-                "(a vector from another model?)"
-            )
+    specs = resolve_specs(directions, int(model.cfg.n_layers), int(model.cfg.d_model), layer, coeff, mode, positions, target, hook)
     info = getattr(model, "workbench", None)
 
     def hook_fn(spec: SteeringSpec):

@@ -13,8 +13,8 @@ from typing import Any, Iterator
 import torch
 
 from ..directions import Direction, LayerDirection
-from ..errors import LayerError, ShapeError, SteeringError, WorkbenchError
-from ..steering import GenerationState, SteeringSpec, make_spec
+from ..errors import SteeringError, WorkbenchError
+from ..steering import GenerationState, SteeringSpec, resolve_specs
 
 _LAYER_PATHS = ("model.layers", "layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
 
@@ -98,19 +98,9 @@ def hf_steer(
     ``positions="prompt"/"generated"`` splits at ``prompt_len`` (default: the length of the first
     forward pass in the block, i.e. the padded prompt of one ``generate`` call).
     """
-    if not directions:
-        raise SteeringError("hf_steer() needs at least one direction or SteeringSpec")
-    specs = [make_spec(d, layer, coeff, mode, positions, target, hook) for d in directions]
     blocks = decoder_layers(hf_model)
-    width = hidden_size(hf_model)
+    specs = resolve_specs(directions, len(blocks), hidden_size(hf_model), layer, coeff, mode, positions, target, hook)
     for spec in specs:
-        if not 0 <= spec.layer < len(blocks):
-            raise LayerError(f"layer {spec.layer} is out of range: this model has layers 0..{len(blocks) - 1}")
-        if spec.unit.shape[0] != width:
-            raise ShapeError(
-                f"{spec.name}: direction has d_model={spec.unit.shape[0]}, the model has hidden_size={width} "
-                "(a vector from another model?)"
-            )
         if spec.hook not in ("resid_post", "resid_pre"):
             raise SteeringError(f"{spec.name}: hf_steer supports hook resid_post or resid_pre, not {spec.hook!r}")
     tracker = _Positions(prompt_len)
