@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from workbench.interop import (
     load_control_vector,
     load_vectors,
 )
-from workbench.interop import cli as interop_cli
+from workbench.cli import build_parser, main
 
 TITLE = "detectable_format:title"
 PROMPTS = ["Hi.", "Explain why the sky is blue.", "Write a story about a fox who finds a lantern."]
@@ -391,20 +390,9 @@ def test_import_direction_detects_format(tmp_path, tiny):
 
 
 # --- CLI ------------------------------------------------------------------------------------------
-def interop_parser() -> argparse.ArgumentParser:
-    """The workbench parser with the interop subcommands registered, as the CLI owner will wire it."""
-    from workbench.cli import build_parser
-
-    parser = build_parser()
-    top = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    directions = top.choices["directions"]
-    dsub = next(a for a in directions._actions if isinstance(a, argparse._SubParsersAction))
-    interop_cli.register(dsub)
-    return parser
-
-
 def run_cli(argv: list[str]) -> int:
-    args = interop_parser().parse_args(argv)
+    """Run a command through the real ``workbench`` parser, raising instead of printing errors."""
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 
@@ -435,7 +423,7 @@ def test_cli_export_and_import(tmp_path, capsys):
     assert Direction.load(imported).layers == (2, 3)
 
 
-def test_cli_bad_input(tmp_path):
+def test_cli_bad_input(tmp_path, capsys):
     d = make_direction()
     d.save(tmp_path / "d.safetensors")
     with pytest.raises(wb.WorkbenchError, match="--layers"):
@@ -446,11 +434,10 @@ def test_cli_bad_input(tmp_path):
     with pytest.raises(wb.VectorFileError, match="x.txt"):
         run_cli(["directions", "import", str(tmp_path / "x.txt"), "--out", str(tmp_path / "o.safetensors")])
     with pytest.raises(SystemExit):
-        interop_parser().parse_args(["directions", "export", "f", "--out", "o", "--format", "onnx"])
-    # the main CLI's error handling: one line, exit status 2 (simulated with the same parser)
-    args = interop_parser().parse_args(["directions", "import", str(tmp_path / "missing.pt"), "--out", "o"])
-    with pytest.raises(wb.VectorFileError, match="no such file"):
-        args.func(args)
+        build_parser().parse_args(["directions", "export", "f", "--out", "o", "--format", "onnx"])
+    # the main CLI's error handling: one line, exit status 2
+    assert main(["directions", "import", str(tmp_path / "missing.pt"), "--out", "o"]) == 2
+    assert "no such file" in capsys.readouterr().err
 
 
 # --- integration: the real SmolLM2 ----------------------------------------------------------------
