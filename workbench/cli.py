@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .interop.cli import register as register_interop
 
     register_interop(dsub)
+
+    from .experiments.cli import register as register_experiments
+
+    register_experiments(sub)
     return parser
 
 

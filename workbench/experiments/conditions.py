@@ -1,0 +1,97 @@
+"""The paper's four conditions: with or without the instruction in the prompt, with or without steering.
+
+Generation is memoised per (steering, prompt), so the unsteered responses to the same base
+queries are generated once per run and shared by every instruction that uses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ..data import PairRow
+from ..generation import generate
+from ..steering import SteeringSpec, steer
+
+CONDITIONS: tuple[str, ...] = ("no_instruction", "no_instruction_steered", "instruction", "instruction_steered")
+CONDITION_LABELS = {
+    "no_instruction": "no instruction, no steering",
+    "no_instruction_steered": "no instruction, steering",
+    "instruction": "instruction, no steering",
+    "instruction_steered": "instruction, steering",
+}
+
+
+def specs_key(specs: Sequence[SteeringSpec]) -> str:
+    """A stable name for a steering setting (``none`` when unsteered)."""
+    if not specs:
+        return "none"
+    parts = []
+    for s in specs:
+        digest = hashlib.sha256(s.unit.detach().float().cpu().numpy().tobytes()).hexdigest()[:10]
+        parts.append(f"{s.name}@{s.layer}:{s.mode}:{s.coeff:.6g}:{s.target}:{s.positions}:{digest}")
+    return "+".join(parts)
+
+
+@dataclass
+class GenerationMemo:
+    """Greedy generations of one model, cached by (steering, prompt); misses are generated in one batched call."""
+
+    model: Any
+    max_new_tokens: int = 48
+    batch_size: int = 20
+    seed: int = 0
+    cache: dict[tuple[str, int, str], str] = field(default_factory=dict)
+    calls: int = 0
+
+    def generate(self, prompts: Sequence[str], specs: Sequence[SteeringSpec] = (), max_new_tokens: int | None = None) -> list[str]:
+        """Responses to ``prompts`` under ``specs`` (none: unsteered)."""
+        n_tokens = max_new_tokens or self.max_new_tokens
+        key = specs_key(specs)
+        missing = list(dict.fromkeys(p for p in prompts if (key, n_tokens, p) not in self.cache))
+        if missing:
+            self.calls += 1
+            kw = dict(max_new_tokens=n_tokens, batch_size=self.batch_size, seed=self.seed)
+            if specs:
+                with steer(self.model, *specs):
+                    out = generate(self.model, missing, **kw)
+            else:
+                out = generate(self.model, missing, **kw)
+            self.cache.update({(key, n_tokens, p): r for p, r in zip(missing, out)})
+        return [self.cache[(key, n_tokens, p)] for p in prompts]
+
+
+def condition_prompts(rows: Sequence[PairRow], condition: str) -> list[str] | None:
+    """The prompts of one condition; ``None`` when rows lack the prompt without the instruction."""
+    if condition.startswith("no_instruction"):
+        if any(r.prompt_without_instruction is None for r in rows):
+            return None
+        return [r.prompt_without_instruction for r in rows]  # type: ignore[misc]
+    return [r.prompt for r in rows]
+
+
+def run_conditions(
+    memo: GenerationMemo,
+    rows: Sequence[PairRow],
+    specs: Sequence[SteeringSpec] | None,
+    conditions: Sequence[str] = CONDITIONS,
+    max_new_tokens: int | None = None,
+) -> dict[str, list[str]]:
+    """Responses per condition; steered conditions are skipped when ``specs`` is None (no selection)."""
+    wanted = [c for c in conditions if specs is not None or not c.endswith("_steered")]
+    prompts = {c: condition_prompts(rows, c) for c in wanted}
+    prompts = {c: p for c, p in prompts.items() if p is not None}
+    out: dict[str, list[str]] = {}
+    for steered in (False, True):
+        group = [c for c in prompts if c.endswith("_steered") == steered]
+        if not group:
+            continue
+        use = list(specs or ()) if steered else []
+        flat = [p for c in group for p in prompts[c]]
+        texts = memo.generate(flat, use, max_new_tokens)  # one batched call for both prompt kinds
+        pos = 0
+        for c in group:
+            out[c] = texts[pos : pos + len(prompts[c])]
+            pos += len(prompts[c])
+    return {c: out[c] for c in conditions if c in out}

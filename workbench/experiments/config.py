@@ -1,0 +1,127 @@
+"""Run configuration: the experiments, their full and --quick presets, and small shared rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import torch
+
+from ..errors import WorkbenchError
+from ..models import DEFAULT_MODEL
+from .sweep import default_layers
+
+EXPERIMENTS: tuple[str, ...] = ("format", "length", "keywords", "composition", "transfer")
+LENGTH_ID = "length_constraints:number_sentences"
+TITLE_ID = "detectable_format:title"
+
+# Full runs follow the paper's protocol on the built-in data; --quick sizes are chosen so that
+# `reproduce format --quick` on SmolLM2-135M finishes in about 15 minutes on 2 CPU cores.
+PRESETS: dict[str, dict[bool, dict[str, Any]]] = {
+    "format": {
+        False: dict(instructions=["change_case:english_lowercase", "change_case:english_capital", "punctuation:no_comma",
+                                  "detectable_format:json_format", TITLE_ID, "detectable_format:number_bullet_lists",
+                                  "detectable_format:number_highlighted_sections", "detectable_format:multiple_sections",
+                                  "detectable_format:constrained_response", "startend:quotation", "startend:end_checker"],
+                    n_train=120, n_val=40, n_eval=40, max_new_tokens=128, strengths=[1.0]),
+        True: dict(instructions=[TITLE_ID, "detectable_format:number_highlighted_sections"],
+                   n_train=20, n_val=10, n_eval=20, max_new_tokens=48, strengths=[1.0]),
+    },
+    "length": {
+        False: dict(targets=[1, 2, 3, 4, 5], n_train=120, n_val=40, n_eval=40, max_new_tokens=128, strengths=[0.5, 1.0, 2.0, 4.0]),
+        True: dict(targets=[1, 3], n_train=20, n_val=10, n_eval=20, max_new_tokens=64, strengths=[1.0, 2.0]),
+    },
+    "keywords": {
+        False: dict(words=["ocean", "light", "future", "garden", "music", "journey"], n_train=120, n_val=40, n_eval=40,
+                    max_new_tokens=128, strengths=[1.0, 2.0, 4.0, 8.0]),
+        True: dict(words=["ocean", "music"], n_train=20, n_val=10, n_eval=20, max_new_tokens=48, strengths=[2.0, 4.0]),
+    },
+    "composition": {
+        False: dict(instructions=[TITLE_ID, "detectable_format:number_highlighted_sections"], targets=[1, 3, 5],
+                    n_train=120, n_val=40, n_eval=40, max_new_tokens=128, strengths=[0.5, 1.0, 2.0, 4.0]),
+        True: dict(instructions=[TITLE_ID], targets=[2], n_train=20, n_val=10, n_eval=20, max_new_tokens=64, strengths=[1.0, 2.0]),
+    },
+    "transfer": {
+        False: dict(instructions=None, n_train=120, n_val=40, n_eval=40,
+                    max_new_tokens=128, strengths=[1.0]),
+        True: dict(instructions=[TITLE_ID], n_train=20, n_val=10, n_eval=20, max_new_tokens=48, strengths=[1.0]),
+    },
+}
+PRESETS["transfer"][False]["instructions"] = list(PRESETS["format"][False]["instructions"])
+
+
+@dataclass
+class ReproduceConfig:
+    """Everything that defines a run; ``None`` fields take the experiment's (quick) preset."""
+
+    experiment: str
+    model: str = DEFAULT_MODEL
+    quick: bool = False
+    eval_data: str | None = None
+    device: str | None = None
+    out: str = "results"
+    seed: int = 0
+    mode: str | None = None
+    instructions: list[str] | None = None
+    targets: list[int] | None = None
+    words: list[str] | None = None
+    layers: list[int] | None = None
+    layer_stride: int = 2
+    strengths: list[float] | None = None
+    n_train: int | None = None
+    n_val: int | None = None
+    n_eval: int | None = None
+    max_new_tokens: int | None = None
+    batch_size: int | None = None
+    max_ppl_ratio: float | None = 2.0
+    max_degeneration: float | None = None
+    reference_model: str | None = None
+    source_model: str | None = None
+    threads: int | None = None
+    publish: str | None = None
+
+    def resolved(self, n_layers: int) -> "ReproduceConfig":
+        """A copy with every preset field filled in for a model with ``n_layers`` layers."""
+        if self.experiment not in EXPERIMENTS:
+            raise WorkbenchError(f"unknown experiment {self.experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
+        preset = PRESETS[self.experiment][self.quick]
+        filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
+        cfg = replace(self, **filled)
+        if cfg.batch_size is None:
+            cfg.batch_size = 40 if self.quick else 20  # fewer, larger batches: decoding on CPU is step-bound
+        if cfg.mode is None:
+            cfg.mode = "add" if self.experiment in ("length", "keywords") else "project"
+        if cfg.layers is None:
+            grid = default_layers(n_layers, cfg.layer_stride)
+            cfg.layers = quick_layers(grid, n_layers) if self.quick else grid
+        return cfg
+
+
+QUICK_LAYER_FRACTIONS: tuple[float, ...] = (0.6, 0.75, 0.87)
+
+
+def quick_layers(grid: Sequence[int], n_layers: int) -> list[int]:
+    """Grid layers nearest to 60%, 75% and 87% of the depth (format directions act in the upper layers)."""
+    grid = list(grid)
+    picks = {min(grid, key=lambda layer: (abs(layer - f * n_layers), layer)) for f in QUICK_LAYER_FRACTIONS}
+    return sorted(picks)
+
+
+def length_kwargs(n: int) -> dict[str, Any]:
+    """IFEval kwargs of "answer using at most ``n`` sentences"."""
+    return {"num_sentences": n + 1, "relation": "less than"}
+
+
+def length_scale(n: int, n_max: int = 5) -> float:
+    """Steering strength factor for target ``n``: 1 for one sentence, falling linearly to 1/n_max for n_max."""
+    return (n_max + 1 - n) / n_max
+
+
+
+def cpu_threads(threads: int | None, device: str | None) -> int:
+    """Torch threads for a run: ``threads`` if given, else 1 on CPU (the same numbers on any machine, and no
+    OpenMP oversubscription on a shared CPU: measured 10x faster there than 2 threads), else torch's default."""
+    if threads:
+        return threads
+    on_cpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cpu")
+    return 1 if on_cpu else torch.get_num_threads()

@@ -1,0 +1,449 @@
+"""``workbench reproduce``: the paper's experiments end to end, seeded, resumable, split-clean.
+
+Directions come from train pairs, layer/strength selection from validation pairs (the sweep),
+and every number in the tables from test pairs (or ``--eval-data``). Each run writes
+``<out>/<model>/<experiment>/``: config.json, generations.jsonl, results.csv/.md, sweep.jsonl
+(resumable units), sweep.csv/.md (heatmap records), selection.json and the directions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from ..data import PairDataset, PairRow, load_pairs
+from ..directions import Direction
+from ..errors import LayerError, ShapeError, WorkbenchError
+from ..evaluation.punkt import count_sentences
+from ..evaluation.quality import mean_perplexity, response_perplexities
+from ..io import write_json_atomic, write_text_atomic
+from ..models import load_model, model_info
+from ..version import __version__
+from .conditions import CONDITIONS, GenerationMemo, run_conditions
+from .config import (
+    EXPERIMENTS,
+    LENGTH_ID,
+    PRESETS,
+    TITLE_ID,
+    ReproduceConfig,
+    cpu_threads,
+    length_kwargs,
+    length_scale,
+    quick_layers,
+)
+from .hygiene import check_split_hygiene
+from .results import write_jsonl, write_table
+from .run import Run
+from .sweep import SweepResult, SweepTarget, heatmap_records, steering_spec
+
+__all__ = [
+    "EXPERIMENTS", "PRESETS", "RUNNERS", "ReproduceConfig", "Run", "check_transferable", "cpu_threads", "length_kwargs",
+    "length_scale", "quick_layers", "run_reproduce",
+]
+
+def _model_dir(name: str) -> str:
+    return name.replace("/", "__").replace(":", "_")
+
+
+def _specs_for(run: Run, direction: Direction, sel: dict[str, Any] | None, mode: str, scale: float = 1.0) -> list | None:
+    if sel is None:
+        return None
+    return [steering_spec(direction, sel["layer"], sel["coeff"], mode, scale)]
+
+
+def _sel_meta(sel: dict[str, Any] | None, mode: str | None) -> dict[str, Any]:
+    return {"layer": None if sel is None else sel["layer"], "strength": None if sel is None else sel["coeff"], "mode": mode}
+
+
+def _save_directions(run: Run, selection: dict[str, Any]) -> None:
+    """Each direction as safetensors, with the selection for it in ``extra['selection']``."""
+    for name, d in run.directions.items():
+        sel = selection.get(name)
+        d2 = replace(d, extra={**d.extra, "selection": sel})
+        d2.save(run.out_dir / "directions" / f"{_model_dir(name)}.safetensors")
+    write_json_atomic(run.out_dir / "selection.json", selection)
+
+
+# --- experiments -------------------------------------------------------------------------
+def _format_targets(run: Run, ids: Sequence[str]) -> list[SweepTarget]:
+    cfg = run.config
+    targets = []
+    for iid in ids:
+        train = run.builtin("format", iid, "train", cfg.n_train or 0)
+        val = run.builtin("format", iid, "validation", cfg.n_val or 0)
+        targets.append(SweepTarget(iid, val, run.direction(iid, train), cfg.mode or "project"))
+    return targets
+
+
+def exp_format(run: Run) -> dict[str, Any]:
+    """Per-instruction accuracy under the four conditions, steering at the selected layer."""
+    cfg = run.config
+    targets = _format_targets(run, cfg.instructions or [])
+    sweep = run.sweep(targets)
+    table: list[dict[str, Any]] = []
+    for t in targets:
+        sel = sweep.selection.get(t.name)
+        rows = run.eval_rows("format", t.name)
+        run.say(f"  {t.name}: four conditions on {len(rows)} evaluation prompts")
+        table += run.conditions_table(rows, _specs_for(run, t.direction, sel, t.mode), {"instruction_id": t.name, **_sel_meta(sel, t.mode)})
+    table += _pooled(table, ["condition"], {"instruction_id": "all"})
+    return {"table": table, "columns": ["instruction_id", "condition", "n", "accuracy", "loose_accuracy", "perplexity",
+                                        "degeneration", "layer", "strength", "mode"], "sweep": sweep, "selection": sweep.selection}
+
+
+def _pooled(table: list[dict[str, Any]], by: Sequence[str], extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows pooled over instructions (weighted by n; perplexity as a weighted geometric mean)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in table:
+        groups.setdefault(tuple(r[k] for k in by), []).append(r)
+    out = []
+    for key, rs in groups.items():
+        n = sum(r["n"] for r in rs)
+        logs = [(math.log(r["perplexity"]), r["n"]) for r in rs if math.isfinite(r["perplexity"])]
+        out.append({**extra, **dict(zip(by, key)), "n": n,
+                    "accuracy": sum(r["accuracy"] * r["n"] for r in rs) / n,
+                    "loose_accuracy": sum(r["loose_accuracy"] * r["n"] for r in rs) / n,
+                    "perplexity": math.exp(sum(a * w for a, w in logs) / sum(w for _, w in logs)) if logs else math.nan,
+                    "degeneration": sum(r["degeneration"] * r["n"] for r in rs) / n})
+    return out
+
+
+def _length_targets(run: Run, ns: Sequence[int]) -> tuple[Direction, list[SweepTarget]]:
+    cfg = run.config
+    per = max(1, math.ceil((cfg.n_train or 0) / len(ns)))
+    train = PairDataset([r for n in ns for r in run.builtin("length", LENGTH_ID, "train", per, length_kwargs(n))], name="length-train")
+    direction = run.direction("length", train)
+    targets = [
+        SweepTarget(f"length<={n}", run.builtin("length", LENGTH_ID, "validation", cfg.n_val or 0, length_kwargs(n)),
+                    direction, "add", group="length", scale=length_scale(n))
+        for n in ns
+    ]
+    return direction, targets
+
+
+def exp_length(run: Run) -> dict[str, Any]:
+    """A length direction, strength scaled with the target N; sentence counts move with the strength."""
+    cfg = run.config
+    ns = cfg.targets or [1, 3]
+    direction, targets = _length_targets(run, ns)
+    sweep = run.sweep(targets)
+    sel = sweep.selection.get("length")
+    table: list[dict[str, Any]] = []
+    for n in ns:
+        rows = run.eval_rows("length", LENGTH_ID, length_kwargs(n))
+        specs = _specs_for(run, direction, sel, "add", length_scale(n))
+        run.say(f"  at most {n} sentence(s): four conditions on {len(rows)} evaluation prompts")
+        meta = {"target_n": n, **_sel_meta(sel, "add"), "scale": length_scale(n)}
+        part = run.conditions_table(rows, specs, meta)
+        for r in part:  # mean sentence count of this condition's responses
+            texts = [g["response"] for g in run.generations if g.get("target_n") == n and g["condition"] == r["condition"]]
+            r["mean_sentences"] = sum(count_sentences(t) for t in texts) / len(texts)
+        table += part
+    dist = _length_distribution(run, direction, sel, ns)
+    return {"table": table, "columns": ["target_n", "condition", "n", "accuracy", "loose_accuracy", "mean_sentences",
+                                        "perplexity", "degeneration", "layer", "strength", "scale"],
+            "sweep": sweep, "selection": sweep.selection, "extra_tables": {"length_distribution": (dist, DIST_COLUMNS)}}
+
+
+DIST_COLUMNS = ["strength", "layer", "n", "mean_sentences", "median_sentences", "share_1", "share_2", "share_3",
+                "share_4", "share_5", "share_6+", "perplexity"]
+
+
+def _length_distribution(run: Run, direction: Direction, sel: dict | None, ns: Sequence[int]) -> list[dict[str, Any]]:
+    """Sentence-count distribution of responses without the instruction, at strength 0 and each swept strength."""
+    if sel is None:
+        return []
+    cfg = run.config
+    rows = run.eval_rows("length", LENGTH_ID, length_kwargs(ns[0]))
+    prompts = rows.prompts_without_instruction()
+    out = []
+    for s in [0.0, *(cfg.strengths or [])]:
+        specs = [] if s == 0 else [steering_spec(direction, sel["layer"], s, "add")]
+        texts = run.memo.generate(prompts, specs, cfg.max_new_tokens)
+        counts = sorted(count_sentences(t) for t in texts)
+        ppl = response_perplexities(run.reference, prompts, texts, batch_size=cfg.batch_size)
+        row = {"strength": s, "layer": sel["layer"], "n": len(counts), "mean_sentences": sum(counts) / len(counts),
+               "median_sentences": float(counts[len(counts) // 2]), "perplexity": mean_perplexity(ppl)}
+        for k in range(1, 6):
+            row[f"share_{k}"] = sum(c == k for c in counts) / len(counts)
+        row["share_6+"] = sum(c >= 6 for c in counts) / len(counts)
+        out.append(row)
+        for r, p, t in zip(rows, prompts, texts):
+            run.generations.append({"experiment": "length_distribution", "strength": s, "layer": sel["layer"], "base_id": r.base_id,
+                                    "prompt": p, "response": t, "sentences": count_sentences(t)})
+    return out
+
+
+def exp_keywords(run: Run) -> dict[str, Any]:
+    """Inclusion (add the word's direction) and exclusion (subtract it, or ablate it), per word."""
+    cfg = run.config
+    targets = []
+    for w in cfg.words or []:
+        kw = {"keywords": [w]}
+        train = run.builtin("keywords", "keywords:existence", "train", cfg.n_train or 0, kw)
+        val = run.builtin("keywords", "keywords:existence", "validation", cfg.n_val or 0, kw)
+        targets.append(SweepTarget(f"include:{w}", val, run.direction(f"include:{w}", train), "add"))
+    sweep = run.sweep(targets)
+    table: list[dict[str, Any]] = []
+    for t, w in zip(targets, cfg.words or []):
+        sel = sweep.selection.get(t.name)
+        inc = run.eval_rows("keywords", "keywords:existence", {"keywords": [w]})
+        run.say(f"  {w}: inclusion and exclusion on {len(inc)} evaluation prompts each")
+        table += run.conditions_table(inc, _specs_for(run, t.direction, sel, "add"),
+                                      {"word": w, "task": "include", "steering": "add", **_sel_meta(sel, "add")})
+        exc = run.eval_rows("keywords", "keywords:forbidden_words", {"forbidden_words": [w]})
+        for how in ("subtract", "ablate"):
+            specs = None
+            if sel is not None:
+                mode = "add" if how == "subtract" else "ablate"
+                specs = [steering_spec(t.direction, sel["layer"], -sel["coeff"], mode)]
+            conds = CONDITIONS if how == "subtract" else ("no_instruction_steered", "instruction_steered")
+            out = run_conditions(run.memo, exc, specs, conds, cfg.max_new_tokens)
+            for cond, texts in out.items():
+                prompts = exc.prompts() if cond.startswith("instruction") else exc.prompts_without_instruction()
+                steered = cond.endswith("_steered")
+                meta = _sel_meta(sel if steered else None, ("add" if how == "subtract" else "ablate") if steered else None)
+                table.append(run.score(exc, prompts, texts, {"word": w, "task": "exclude", "steering": how if steered else "none",
+                                                             "condition": cond, **meta}))
+    return {"table": table, "columns": ["word", "task", "steering", "condition", "n", "accuracy", "loose_accuracy", "perplexity",
+                                        "degeneration", "layer", "strength", "mode"], "sweep": sweep, "selection": sweep.selection}
+
+
+def _combined_rows(run: Run, fmt_id: str, n: int) -> PairDataset:
+    """Test queries asking for both the format and "at most n sentences" (built from the two families' test rows)."""
+    fmt = run.eval_rows("format", fmt_id)
+    length = {r.base_id: r for r in load_pairs("length", LENGTH_ID, split="test", kwargs=length_kwargs(n))}
+    rows = []
+    for r in fmt:
+        lr = length.get(r.base_id)
+        if lr is None or r.prompt_without_instruction is None:
+            continue
+        phrase = lr.prompt[len(lr.prompt_without_instruction):].strip()
+        rows.append(PairRow(prompt=f"{r.prompt} {phrase}", prompt_without_instruction=r.prompt_without_instruction,
+                            instruction_id=f"{fmt_id}+{LENGTH_ID}", kwargs={}, base_id=r.base_id,
+                            eval_instruction_ids=(fmt_id, LENGTH_ID), eval_kwargs=(r.eval_kwargs[0], length_kwargs(n)), split=r.split))
+    data = PairDataset(rows, name=f"composition[{fmt_id}, at most {n}]").require_nonempty("composition rows")
+    check_split_hygiene(run.used_rows, data)
+    return data
+
+
+def exp_composition(run: Run) -> dict[str, Any]:
+    """Format and length steered at once (each at its own selected layer), against each alone."""
+    cfg = run.config
+    fmt_targets = _format_targets(run, cfg.instructions or [TITLE_ID])
+    ns = cfg.targets or [2]
+    length_dir, len_targets = _length_targets(run, ns)
+    sweep = run.sweep([*fmt_targets, *len_targets])
+    len_sel = sweep.selection.get("length")
+    table: list[dict[str, Any]] = []
+    for t in fmt_targets:
+        fsel = sweep.selection.get(t.name)
+        for n in ns:
+            rows = _combined_rows(run, t.name, n)
+            fspec = _specs_for(run, t.direction, fsel, t.mode)
+            lspec = _specs_for(run, length_dir, len_sel, "add", length_scale(n))
+            sets = {"none": [], "format": fspec, "length": lspec, "both": None if fspec is None or lspec is None else fspec + lspec}
+            run.say(f"  {t.name} + at most {n} sentences on {len(rows)} evaluation prompts")
+            for steering, specs in sets.items():
+                if specs is None:
+                    continue
+                for kind in ("no_instruction", "instruction"):
+                    prompts = rows.prompts() if kind == "instruction" else rows.prompts_without_instruction()
+                    texts = run.memo.generate(prompts, specs, cfg.max_new_tokens)
+                    per = _per_instruction(rows, texts)
+                    cell = run.score(rows, prompts, texts, {"format": t.name, "target_n": n, "steering": steering, "prompt": kind})
+                    cell.update({"format_acc": per[0], "length_acc": per[1], "both_acc": cell["accuracy"]})
+                    table.append(cell)
+    for r in table:
+        r["format_layer"] = None if sweep.selection.get(r["format"]) is None else sweep.selection[r["format"]]["layer"]
+        r["length_layer"] = None if len_sel is None else len_sel["layer"]
+    return {"table": table, "columns": ["format", "target_n", "steering", "prompt", "n", "format_acc", "length_acc", "both_acc",
+                                        "perplexity", "degeneration", "format_layer", "length_layer"],
+            "sweep": sweep, "selection": sweep.selection}
+
+
+def _per_instruction(rows: Sequence[PairRow], texts: Sequence[str]) -> list[float]:
+    from ..evaluation.checkers import check_response
+
+    hits = [0] * len(rows[0].eval_instruction_ids)
+    for row, text in zip(rows, texts):
+        for j, res in enumerate(check_response(text, row.eval_instruction_ids, row.eval_kwargs, row.prompt)):
+            hits[j] += res.strict
+    return [h / len(rows) for h in hits]
+
+
+def check_transferable(source: Any, target: Any) -> None:
+    """Directions move between models only with the same d_model and layer count (a clear error otherwise)."""
+    s_name, t_name = model_info(source).name, model_info(target).name
+    if int(source.cfg.d_model) != int(target.cfg.d_model):
+        raise ShapeError(f"cannot transfer directions from {s_name} (d_model={source.cfg.d_model}) to {t_name} "
+                         f"(d_model={target.cfg.d_model}): d_model must match")
+    if int(source.cfg.n_layers) != int(target.cfg.n_layers):
+        raise LayerError(f"cannot transfer directions from {s_name} ({source.cfg.n_layers} layers) to {t_name} "
+                         f"({target.cfg.n_layers} layers): the layer count must match")
+
+
+def exp_transfer(run: Run) -> dict[str, Any]:
+    """Directions computed on ``--source-model`` steer ``--model`` (instruct -> base in the paper)."""
+    cfg = run.config
+    source_name = cfg.source_model or cfg.model
+    if source_name == cfg.model:
+        source = run.model
+        run.notes.append("source and target are the same model: this run checks the mechanism, not transfer")
+    else:
+        source = load_model(source_name, device=cfg.device)
+    check_transferable(source, run.model)
+    src_run = Run(config=cfg, model=source, reference=source, out_dir=run.out_dir, memo=run.memo, say=run.say, used_rows=run.used_rows)
+    targets = []
+    for iid in cfg.instructions or [TITLE_ID]:
+        train = run.builtin("format", iid, "train", cfg.n_train or 0)
+        val = run.builtin("format", iid, "validation", cfg.n_val or 0)
+        d = src_run.direction(iid, train)
+        d.check_compatible(run.model)
+        run.directions[iid] = d
+        targets.append(SweepTarget(iid, val, d, cfg.mode or "project"))
+    sweep = run.sweep(targets)
+    table: list[dict[str, Any]] = []
+    for t in targets:
+        sel = sweep.selection.get(t.name)
+        rows = run.eval_rows("format", t.name)
+        table += run.conditions_table(rows, _specs_for(run, t.direction, sel, t.mode),
+                                      {"instruction_id": t.name, "source": model_info(source).name, **_sel_meta(sel, t.mode)})
+    return {"table": table, "columns": ["instruction_id", "source", "condition", "n", "accuracy", "loose_accuracy", "perplexity",
+                                        "degeneration", "layer", "strength", "mode"], "sweep": sweep, "selection": sweep.selection}
+
+
+RUNNERS: dict[str, Callable[[Run], dict[str, Any]]] = {
+    "format": exp_format, "length": exp_length, "keywords": exp_keywords, "composition": exp_composition, "transfer": exp_transfer,
+}
+SWEEP_COLUMNS = ["instruction_id", "layer", "coeff", "n", "accuracy", "loose_accuracy", "perplexity", "degeneration"]
+
+
+def _figures(run: Run, records: list[dict[str, Any]], table: list[dict[str, Any]]) -> list[str]:
+    """HTML figures from the figures module when it offers them (optional: a failure is only a note)."""
+    try:
+        from .. import figures
+    except Exception:  # noqa: BLE001  (figures are optional)
+        return []
+    made: list[str] = []
+    folder = run.out_dir / "figures"
+    heatmap = getattr(figures, "sweep_heatmap_figure", None)
+    bars = getattr(figures, "conditions_figure", None)
+    jobs: list[tuple[str, Callable[[], Any]]] = []
+    if heatmap is not None:
+        for iid in dict.fromkeys(r["instruction_id"] for r in records):
+            jobs.append((f"sweep_{_model_dir(iid)}.html", lambda iid=iid: heatmap(records, iid)))
+    cond_rows = [r for r in table if "instruction_id" in r and "condition" in r and r["instruction_id"] != "all"]
+    if bars is not None and cond_rows:
+        jobs.append(("conditions.html", lambda: bars(cond_rows)))
+    for name, build in jobs:
+        try:
+            made.append(str(figures.save_figure(build(), folder / name)))
+        except Exception as exc:  # noqa: BLE001  (a figure must never sink a finished run)
+            run.notes.append(f"figure {name} not written: {exc}")
+    return made
+
+
+def run_reproduce(config: ReproduceConfig, say: Callable[[str], None] = print, model: Any | None = None) -> Path:
+    """Run one experiment; return its output folder. ``model``: an already loaded ``config.model`` (reused)."""
+    if config.experiment not in EXPERIMENTS:
+        raise WorkbenchError(f"unknown experiment {config.experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
+    threads_before = torch.get_num_threads()
+    try:
+        return _run(config, say, model)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _load() -> float | None:
+    """The 1-minute load average (context for wall times on a shared machine), where the OS reports it."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None) -> Path:
+    start, load_start = time.time(), _load()
+    torch.set_num_threads(cpu_threads(config.threads, config.device))
+    torch.manual_seed(config.seed)
+    if model is None:
+        say(f"Loading {config.model} ...")
+        model = load_model(config.model, device=config.device)
+    elif model_info(model).name != Path(config.model).name:
+        raise WorkbenchError(f"run_reproduce: the given model is {model_info(model).name}, the config names {config.model}")
+    cfg = config.resolved(int(model.cfg.n_layers))
+    reference = model if not cfg.reference_model or cfg.reference_model == cfg.model else load_model(cfg.reference_model, device=cfg.device)
+    if reference is not model and reference.tokenizer.get_vocab() != model.tokenizer.get_vocab():
+        raise WorkbenchError(f"reference model {cfg.reference_model} has another tokenizer than {cfg.model}")
+    out_dir = Path(cfg.out) / _model_dir(model_info(model).name) / cfg.experiment
+    out_dir.mkdir(parents=True, exist_ok=True)
+    memo = GenerationMemo(model, cfg.max_new_tokens or 48, cfg.batch_size, cfg.seed)
+    run = Run(config=cfg, model=model, reference=reference, out_dir=out_dir, memo=memo, say=say)
+    say(f"{cfg.experiment}: layers {cfg.layers}, strengths {cfg.strengths}, mode {cfg.mode}, "
+        f"{cfg.n_train} train / {cfg.n_val} validation / {cfg.n_eval} evaluation prompts, {cfg.max_new_tokens} new tokens")
+    result = RUNNERS[cfg.experiment](run)
+    sweep: SweepResult = result["sweep"]
+    _save_directions(run, result["selection"])
+    files = {"generations": str(write_jsonl(out_dir / "generations.jsonl", [{"experiment": cfg.experiment, **g} for g in run.generations]))}
+    title = f"{cfg.experiment} on {model_info(model).name}{' (--quick)' if cfg.quick else ''}"
+    note = _table_note(cfg, sweep)
+    files["results"] = [str(p) for p in write_table(out_dir / "results", result["table"], result["columns"], title, note)]
+    sweep_rows = [r for g in sorted({*sweep.baselines, *(x["instruction_id"] for x in sweep.records)})
+                  for r in ([sweep.baselines[g]] if g in sweep.baselines else []) + [x for x in sweep.records if x["instruction_id"] == g]]
+    files["sweep"] = [str(p) for p in write_table(out_dir / "sweep", sweep_rows, SWEEP_COLUMNS, f"validation sweep ({cfg.experiment})",
+                                                  "Rows with an empty layer are the unsteered baseline. Strength: see docs/reproduce.md.")]
+    write_json_atomic(out_dir / "heatmap.json", heatmap_records(sweep))
+    for name, (rows, columns) in result.get("extra_tables", {}).items():
+        files[name] = [str(p) for p in write_table(out_dir / name, rows, columns, name.replace("_", " "))]
+    files["figures"] = _figures(run, heatmap_records(sweep), result["table"])
+    elapsed = time.time() - start
+    write_json_atomic(out_dir / "config.json", {
+        "config": asdict(cfg), "model": {"name": model_info(model).name, "n_layers": int(model.cfg.n_layers),
+                                         "d_model": int(model.cfg.d_model), "prompt_style": model_info(model).prompt_style},
+        "reference_model": model_info(reference).name, "selection": result["selection"], "notes": run.notes,
+        "generate_calls": memo.calls, "elapsed_s": round(elapsed, 1), "load_average": [load_start, _load()],
+        "cpu_count": os.cpu_count(), "workbench_version": __version__,
+        "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(), "files": files,
+    })
+    if cfg.publish:
+        files["published"] = str(_publish(cfg, out_dir, model_info(model).name, elapsed, result, (load_start, _load())))
+        write_json_atomic(out_dir / "config.json", {**json.loads((out_dir / "config.json").read_text()), "files": files})
+    say(f"Done in {elapsed:.0f} s: {out_dir}")
+    return out_dir
+
+
+def _publish(cfg: ReproduceConfig, out_dir: Path, model_name: str, elapsed: float, result: dict[str, Any],
+             load: tuple[float | None, float | None]) -> Path:
+    """One commit-ready Markdown page (results, extra tables, sweep) at ``<publish>/<model>/<experiment>.md``."""
+    parts = [(out_dir / "results.md").read_text(encoding="utf-8")]
+    parts += [(out_dir / f"{name}.md").read_text(encoding="utf-8") for name in result.get("extra_tables", {})]
+    parts.append((out_dir / "sweep.md").read_text(encoding="utf-8"))
+    flags = " --quick" if cfg.quick else ""
+    cmd = f"workbench reproduce {cfg.experiment} --model {cfg.model}{flags}" + (f" --threads {cfg.threads}" if cfg.threads else "")
+    cmd += f" --eval-data {cfg.eval_data}" if cfg.eval_data else ""
+    head = (f"<!-- written by `{cmd} --publish ...`; do not edit by hand -->\n\n"
+            f"Command: `{cmd}`. Wall time: {elapsed / 60:.1f} min on {torch.get_num_threads()} torch thread(s), "
+            f"{os.cpu_count()} CPU cores, load average {load[0]} at the start and {load[1]} at the end "
+            f"(torch {torch.__version__}, workbench {__version__}).\n\n")
+    path = Path(cfg.publish) / _model_dir(model_name) / f"{cfg.experiment}.md"
+    write_text_atomic(path, head + "\n".join(parts))
+    return path
+
+
+def _table_note(cfg: ReproduceConfig, sweep: SweepResult) -> str:
+    sel = "; ".join(f"{g}: layer {s['layer']}, strength {s['coeff']:g}" if s else f"{g}: none passed the quality rule"
+                    for g, s in sweep.selection.items())
+    return (f"Accuracy: IFEval strict (loose beside it) on {'--eval-data' if cfg.eval_data else 'test'} prompts; "
+            f"perplexity of the responses under the unsteered model; degeneration: share of repeated 3-grams of words and punctuation. "
+            f"Selected on validation ({cfg.mode} mode, perplexity <= {cfg.max_ppl_ratio} x unsteered"
+            f"{'' if cfg.max_degeneration is None else f', degeneration <= {cfg.max_degeneration:g}'}): {sel or 'n/a'}. "
+            f"Seed {cfg.seed}, greedy decoding, {cfg.max_new_tokens} new tokens.")

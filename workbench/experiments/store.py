@@ -1,0 +1,98 @@
+"""Append-only JSONL store of finished work units: one line per unit, fsynced, resumable.
+
+A run that is interrupted leaves every finished unit on disk; at most the line being written is
+cut short. Loading drops such a partial last line (and trims it from the file before the next
+append), so a rerun skips the finished units and redoes only the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import DatasetError
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe copy: NaN and infinities become ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class UnitStore:
+    """Records keyed by ``record["key"]`` in a JSONL file; later lines win over earlier ones."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._records: dict[str, dict[str, Any]] | None = None
+
+    def load(self) -> dict[str, dict[str, Any]]:
+        """All complete records; a truncated last line is ignored and trimmed from the file."""
+        if self._records is not None:
+            return self._records
+        records: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            data = self.path.read_bytes()
+            cut = data.rfind(b"\n") + 1  # everything before `cut` is whole lines
+            for lineno, raw in enumerate(data[:cut].split(b"\n")[:-1], start=1):
+                if not raw.strip():
+                    continue
+                obj = self._parse(raw)
+                if obj is None:
+                    raise DatasetError(f"{self.path} line {lineno}: corrupt record (not a truncated last line)")
+                records[obj["key"]] = obj
+            tail = data[cut:]
+            if tail.strip():  # the line being written when the run stopped
+                obj = self._parse(tail)
+                if obj is not None:  # complete but for its newline: keep it
+                    records[obj["key"]] = obj
+                    self._repair(data + b"\n")
+                else:
+                    self._repair(data[:cut])
+        self._records = records
+        return records
+
+    @staticmethod
+    def _parse(raw: bytes) -> dict[str, Any] | None:
+        try:
+            obj = json.loads(raw.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return obj if isinstance(obj, dict) and "key" in obj else None
+
+    def _repair(self, good: bytes) -> None:
+        """Rewrite the file as ``good`` (its complete lines)."""
+        with open(self.path, "r+b") as f:
+            f.seek(0)
+            f.write(good)
+            f.truncate()
+            f.flush()
+            os.fsync(f.fileno())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.load()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.load().get(key)
+
+    def append(self, record: dict[str, Any]) -> None:
+        """Write one record as a line, flushed and fsynced before returning."""
+        if "key" not in record:
+            raise DatasetError("a unit record needs a 'key'")
+        self.load()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        line = json.dumps(_clean(record), ensure_ascii=False, allow_nan=False)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        assert self._records is not None
+        self._records[record["key"]] = json.loads(line)

@@ -1,0 +1,276 @@
+"""Layer x strength sweep on validation prompts, with a perplexity rule, resumable unit by unit.
+
+Each (target, layer, strength, prompt batch) is one unit with a stable key; its generations and
+scores are appended to a JSONL file as soon as it finishes. A rerun skips finished units, so an
+interrupted sweep resumes and ends with the same table as an uninterrupted one.
+
+Strength: in ``add`` mode the added vector is ``strength * scale * |v_layer|`` along the unit
+direction (a multiple of the layer's mean difference, so strengths carry over between models);
+in ``project`` mode the projection target is ``strength * scale * proj_with`` (1.0: the paper).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..data import PairDataset, PairRow
+from ..directions import Direction
+from ..errors import WorkbenchError
+from ..evaluation.checkers import check_response
+from ..evaluation.quality import degeneration, mean_perplexity, response_perplexities
+from ..models.loading import model_info
+from ..steering import SteeringSpec, make_spec
+from .conditions import GenerationMemo
+from .store import UnitStore
+
+HEATMAP_KEYS = ("instruction_id", "layer", "coeff", "accuracy", "perplexity")
+SCORING_VERSION = 2  # bump when checks or quality scores change, so stored units are not reused
+
+
+def default_layers(n_layers: int, stride: int = 2, start: int | None = None) -> list[int]:
+    """Every ``stride``-th layer from ``n_layers // 5`` (the paper's range), up to the last layer."""
+    if stride < 1:
+        raise WorkbenchError(f"layer stride must be >= 1, got {stride}")
+    first = n_layers // 5 if start is None else start
+    return list(range(first, n_layers, stride))
+
+
+def steering_spec(direction: Direction, layer: int, strength: float, mode: str, scale: float = 1.0) -> SteeringSpec:
+    """The spec for one sweep cell (see the module docstring for what ``strength`` means per mode)."""
+    ld = direction.at(layer)
+    if mode == "add":
+        return make_spec(ld, layer, coeff=strength * scale * ld.norm, mode="add")
+    if mode == "project":
+        if ld.proj_with is None:
+            raise WorkbenchError(f"direction {direction.name!r} stores no projection target for project mode")
+        return make_spec(ld, layer, mode="project", target=strength * scale * ld.proj_with)
+    return make_spec(ld, layer, mode=mode)
+
+
+@dataclass(frozen=True)
+class SweepTarget:
+    """What one sweep row steers and scores: validation rows, a direction, a mode; ``group`` is the selection unit."""
+
+    name: str
+    rows: PairDataset
+    direction: Direction
+    mode: str = "project"
+    group: str = ""
+    scale: float = 1.0
+    with_instruction: bool = False
+
+    @property
+    def group_name(self) -> str:
+        return self.group or self.name
+
+    def prompts(self) -> list[str]:
+        return self.rows.prompts() if self.with_instruction else self.rows.prompts_without_instruction()
+
+
+@dataclass
+class SweepSettings:
+    """Generation and selection settings shared by every unit."""
+
+    layers: Sequence[int]
+    strengths: Sequence[float] = (1.0,)
+    max_new_tokens: int = 48
+    batch_size: int = 20
+    unit_size: int = 20
+    max_ppl_ratio: float | None = 2.0
+    max_perplexity: float | None = None
+    max_degeneration: float | None = None
+    seed: int = 0
+
+
+@dataclass
+class SweepResult:
+    """Heatmap records (one per group, layer, strength), unsteered baselines and the selection per group."""
+
+    records: list[dict[str, Any]]
+    baselines: dict[str, dict[str, Any]]
+    selection: dict[str, dict[str, Any] | None]
+    units_run: int = 0
+    units_skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def _fingerprint(model: Any, target: SweepTarget, settings: SweepSettings, reference: Any) -> str:
+    """Hash of everything that changes a unit's result besides its own coordinates."""
+    d = target.direction
+    payload = {
+        "model": model_info(model).name,
+        "reference": model_info(reference).name,
+        "direction": [d.name, d.data_hash, d.model_name, list(d.layers), d.n_pairs],
+        "rows": target.rows.hash(),
+        "mode": target.mode,
+        "scale": target.scale,
+        "with_instruction": target.with_instruction,
+        "max_new_tokens": settings.max_new_tokens,
+        "unit_size": settings.unit_size,
+        "batch_size": settings.batch_size,
+        "seed": settings.seed,
+        "scoring": SCORING_VERSION,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def unit_key(fingerprint: str, target: str, layer: int | None, strength: float | None, batch: int) -> str:
+    """Stable key of one unit; ``layer=None`` is the unsteered baseline."""
+    where = "base" if layer is None else f"L{layer}/s{strength:g}"
+    return f"{fingerprint}/{target}/{where}/b{batch}"
+
+
+def score_rows(rows: Sequence[PairRow], responses: Sequence[str]) -> tuple[list[bool], list[bool]]:
+    """Strict and loose pass of each response on all of its row's instructions."""
+    strict, loose = [], []
+    for row, text in zip(rows, responses):
+        res = check_response(text, row.eval_instruction_ids, row.eval_kwargs, row.prompt)
+        strict.append(all(r.strict for r in res))
+        loose.append(all(r.loose for r in res))
+    return strict, loose
+
+
+def _run_unit(reference, rows, prompts, spec, settings, memo: GenerationMemo) -> dict[str, Any]:
+    """Generate (steered or not), check and score one batch of prompts."""
+    responses = memo.generate(prompts, [] if spec is None else [spec], settings.max_new_tokens)
+    strict, loose = score_rows(rows, responses)
+    ppl = response_perplexities(reference, prompts, responses, batch_size=settings.batch_size)
+    return {
+        "base_ids": [r.base_id for r in rows],
+        "responses": list(responses),
+        "strict": strict,
+        "loose": loose,
+        "perplexity": ppl,
+        "degeneration": [degeneration(t) for t in responses],
+    }
+
+
+def run_sweep(
+    model: Any,
+    targets: Sequence[SweepTarget],
+    settings: SweepSettings,
+    path: str | Path,
+    reference: Any | None = None,
+    on_unit: Callable[[dict[str, Any]], None] | None = None,
+    memo: GenerationMemo | None = None,
+    say: Callable[[str], None] = lambda s: None,
+) -> SweepResult:
+    """Run (or resume) the sweep; every finished unit is in ``path`` before the next starts."""
+    reference = model if reference is None else reference
+    if memo is None:
+        memo = GenerationMemo(model, settings.max_new_tokens, settings.batch_size, settings.seed)
+    store = UnitStore(path)
+    done = store.load()
+    run = skipped = 0
+    keys_by_target: dict[str, list[str]] = {}
+    for target in targets:
+        target.rows.require_nonempty(f"sweep target {target.name}")
+        target.direction.check_compatible(model)
+        fp = _fingerprint(model, target, settings, reference)
+        prompts = target.prompts()
+        rows = list(target.rows)
+        cells: list[tuple[int | None, float | None]] = [(None, None)]
+        cells += [(layer, s) for layer in settings.layers for s in settings.strengths]
+        keys = keys_by_target.setdefault(target.name, [])
+        for layer, strength in cells:
+            spec = None if layer is None else steering_spec(target.direction, layer, strength, target.mode, target.scale)
+            for b, start in enumerate(range(0, len(rows), settings.unit_size)):
+                key = unit_key(fp, target.name, layer, strength, b)
+                keys.append(key)
+                if key in done:
+                    skipped += 1
+                    continue
+                sl = slice(start, start + settings.unit_size)
+                say(f"  sweep {target.name} {'unsteered' if layer is None else f'layer {layer}, strength {strength:g}'} (batch {b})")
+                result = _run_unit(reference, rows[sl], prompts[sl], spec, settings, memo)
+                record = {
+                    "key": key, "target": target.name, "instruction_id": target.group_name, "layer": layer,
+                    "coeff": strength, "mode": target.mode, "scale": target.scale, "batch": b, **result,
+                }
+                store.append(record)
+                run += 1
+                if on_unit is not None:
+                    on_unit(record)
+    result = summarize([store.get(k) for keys in keys_by_target.values() for k in keys], settings)
+    result.units_run, result.units_skipped = run, skipped
+    return result
+
+
+def _aggregate(recs: list[dict[str, Any]]) -> dict[str, Any]:
+    strict = [x for r in recs for x in r["strict"]]
+    loose = [x for r in recs for x in r["loose"]]
+    ppl = [x for r in recs for x in r["perplexity"] if x is not None]
+    deg = [x for r in recs for x in r["degeneration"]]
+    return {
+        "n": len(strict),
+        "accuracy": sum(strict) / len(strict) if strict else math.nan,
+        "loose_accuracy": sum(loose) / len(loose) if loose else math.nan,
+        "perplexity": mean_perplexity(ppl),
+        "degeneration": sum(deg) / len(deg) if deg else math.nan,
+    }
+
+
+def summarize(unit_records: Sequence[dict[str, Any] | None], settings: SweepSettings) -> SweepResult:
+    """Pool unit records into heatmap records and baselines, then select per group (deterministic)."""
+    cells: dict[tuple[str, int | None, float | None], list[dict[str, Any]]] = {}
+    for rec in unit_records:
+        if rec is None:
+            continue
+        cells.setdefault((rec["instruction_id"], rec["layer"], rec["coeff"]), []).append(rec)
+    records, baselines = [], {}
+    for (group, layer, coeff), recs in sorted(cells.items(), key=lambda kv: (kv[0][0], kv[0][1] is not None, kv[0][1] or 0, kv[0][2] or 0)):
+        agg = _aggregate(recs)
+        if layer is None:
+            baselines[group] = {"instruction_id": group, **agg}
+        else:
+            records.append({"instruction_id": group, "layer": layer, "coeff": coeff, "mode": recs[0]["mode"], **agg})
+    selection, notes = select(records, baselines, settings.max_ppl_ratio, settings.max_perplexity, settings.max_degeneration)
+    return SweepResult(records=records, baselines=baselines, selection=selection, notes=notes)
+
+
+def select(
+    records: Sequence[dict[str, Any]],
+    baselines: dict[str, dict[str, Any]],
+    max_ppl_ratio: float | None = 2.0,
+    max_perplexity: float | None = None,
+    max_degeneration: float | None = None,
+) -> tuple[dict[str, dict[str, Any] | None], list[str]]:
+    """Per group, the most accurate (layer, strength) whose perplexity passes the quality rule.
+
+    Rule: perplexity <= ``max_ppl_ratio`` x the unsteered perplexity and <= ``max_perplexity``,
+    and mean degeneration <= ``max_degeneration`` (each when not None; the last is off by default,
+    as in the paper). Ties: lower perplexity, then earlier layer, then smaller strength.
+    """
+    selection: dict[str, dict[str, Any] | None] = {}
+    notes: list[str] = []
+    for group in sorted({r["instruction_id"] for r in records}):
+        base_ppl = baselines.get(group, {}).get("perplexity", math.nan)
+        limit = math.inf
+        if max_ppl_ratio is not None and math.isfinite(base_ppl):
+            limit = min(limit, max_ppl_ratio * base_ppl)
+        if max_perplexity is not None:
+            limit = min(limit, max_perplexity)
+        ok = [r for r in records if r["instruction_id"] == group and math.isfinite(r["perplexity"]) and r["perplexity"] <= limit
+              and (max_degeneration is None or r["degeneration"] <= max_degeneration)]
+        if not ok:
+            selection[group] = None
+            rule = f"perplexity <= {limit:.3g}" + ("" if max_degeneration is None else f", degeneration <= {max_degeneration:g}")
+            notes.append(f"{group}: no layer passed the quality rule ({rule})")
+            continue
+        best = min(ok, key=lambda r: (-r["accuracy"], r["perplexity"], r["layer"], r["coeff"]))
+        selection[group] = {
+            "layer": best["layer"], "coeff": best["coeff"], "mode": best["mode"], "accuracy": best["accuracy"],
+            "perplexity": best["perplexity"], "baseline_accuracy": baselines.get(group, {}).get("accuracy"),
+            "baseline_perplexity": base_ppl, "perplexity_limit": limit,
+        }
+    return selection, notes
+
+
+def heatmap_records(result: SweepResult) -> list[dict[str, Any]]:
+    """The records with exactly the keys the figures module plots (plus nothing else)."""
+    return [{k: r[k] for k in HEATMAP_KEYS} for r in result.records]
