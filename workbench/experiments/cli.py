@@ -44,7 +44,8 @@ def _ratio(text: str) -> float | None:
 def _common(p: argparse.ArgumentParser) -> None:
     from ..models.registry import DEFAULT_MODEL
 
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name, local folder or hub id (default {DEFAULT_MODEL})")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name, local folder or hub id (default {DEFAULT_MODEL}); "
+                   "reproduce: 'all' runs the built-in real models in turn and writes a comparison")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--mode", choices=("project", "add"), help="steering mode (default: project for format, add for length/keywords)")
     p.add_argument("--layers", help="layers to sweep, e.g. 16,20,24-26 (default: every other layer from n_layers//5)")
@@ -59,6 +60,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-degeneration", type=float, help="quality rule: also require mean degeneration <= this (default off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, help="torch CPU threads (default on CPU: 1, for the same numbers on any machine and no oversubscription)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where sweep units run: local (this process, default) or ray (Ray actors; docs/ray.md)")
+    p.add_argument("--address", help="ray: join the Ray cluster at this address (default: start a local one)")
+    p.add_argument("--workers", type=int, help="ray: number of actors (default: as many as the cluster's CPUs or GPUs fit)")
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -73,7 +78,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_ppl_ratio=args.max_ppl_ratio, max_degeneration=args.max_degeneration,
         reference_model=args.reference_model,
         source_model=args.source_model, threads=args.threads, publish=args.publish,
+        executor=args.executor, address=args.address, workers=args.workers,
     )
+    if args.model == "all":  # the built-in real models in turn, then a comparison table
+        from .across import run_across_models
+
+        out = run_across_models(cfg)
+        print((out / "comparison.md").read_text(encoding="utf-8"))
+        return 0
     out = run_reproduce(cfg)
     print((out / "results.md").read_text(encoding="utf-8"))
     return 0
@@ -88,6 +100,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ..models import load_model
     from .reproduce import SWEEP_COLUMNS
     from .results import write_table
+    from .executors import make_executor
     from .sweep import SweepSettings, SweepTarget, default_layers, heatmap_records, run_sweep
 
     import torch
@@ -99,6 +112,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         kwargs = json.loads(args.kwargs) if args.kwargs else None
     except json.JSONDecodeError as exc:
         raise WorkbenchError(f"--kwargs is not JSON ({exc})") from None
+    executor = make_executor(args.executor, address=args.address, workers=args.workers, model=args.model, device=args.device,
+                             threads=args.threads)  # before loading: without Ray installed, fail at once
     family = family_of(args.instruction)
     direction = Direction.load(args.direction) if args.direction else None
     model = load_model(args.model, device=args.device)
@@ -116,7 +131,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     start = time.time()
-    result = run_sweep(model, [SweepTarget(args.instruction, val, direction, mode)], settings, out / "sweep.jsonl", say=print)
+    result = run_sweep(model, [SweepTarget(args.instruction, val, direction, mode)], settings, out / "sweep.jsonl", say=print,
+                       executor=executor)
     sel: dict[str, Any] | None = result.selection.get(args.instruction)
     replace(direction, extra={**direction.extra, "selection": sel}).save(out / "direction.safetensors")
     write_json_atomic(out / "selection.json", result.selection)

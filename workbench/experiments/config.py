@@ -79,6 +79,9 @@ class ReproduceConfig:
     source_model: str | None = None
     threads: int | None = None
     publish: str | None = None
+    executor: str = "local"  # where sweep units run: local (this process) or ray
+    address: str | None = None  # ray: join this cluster (default: start a local one)
+    workers: int | None = None  # ray: actors (default: as many as the cluster's CPUs or GPUs fit)
 
     def resolved(self, n_layers: int) -> "ReproduceConfig":
         """A copy with every preset field filled in for a model with ``n_layers`` layers."""

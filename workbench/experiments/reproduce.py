@@ -39,6 +39,7 @@ from .config import (
     length_scale,
     quick_layers,
 )
+from .executors import make_executor
 from .hygiene import check_split_hygiene
 from .results import write_jsonl, write_table
 from .run import Run
@@ -356,6 +357,7 @@ def run_reproduce(config: ReproduceConfig, say: Callable[[str], None] = print, m
     """Run one experiment; return its output folder. ``model``: an already loaded ``config.model`` (reused)."""
     if config.experiment not in EXPERIMENTS:
         raise WorkbenchError(f"unknown experiment {config.experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
+    make_executor(config.executor, address=config.address, workers=config.workers)  # fail at once (e.g. Ray not installed)
     threads_before = torch.get_num_threads()
     try:
         return _run(config, say, model)
@@ -410,7 +412,7 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None)
         "config": asdict(cfg), "model": {"name": model_info(model).name, "n_layers": int(model.cfg.n_layers),
                                          "d_model": int(model.cfg.d_model), "prompt_style": model_info(model).prompt_style},
         "reference_model": model_info(reference).name, "selection": result["selection"], "notes": run.notes,
-        "generate_calls": memo.calls, "elapsed_s": round(elapsed, 1), "load_average": [load_start, _load()],
+        "generate_calls": memo.calls, "sweep": run.sweep_stats, "elapsed_s": round(elapsed, 1), "load_average": [load_start, _load()],
         "cpu_count": os.cpu_count(), "workbench_version": __version__,
         "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(), "files": files,
     })

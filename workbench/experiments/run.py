@@ -16,6 +16,7 @@ from ..models import model_info
 from .conditions import CONDITIONS, GenerationMemo, run_conditions
 from .config import ReproduceConfig
 from .hygiene import check_split_hygiene
+from .executors import make_executor, sweep_stats
 from .sweep import SweepResult, SweepSettings, SweepTarget, run_sweep, score_rows
 
 
@@ -34,6 +35,7 @@ class Run:
     act_cache: dict[str, torch.Tensor] = field(default_factory=dict)
     directions: dict[str, Direction] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    sweep_stats: dict[str, Any] = field(default_factory=dict)
 
     # --- data ----------------------------------------------------------------------------
     def builtin(self, family: str, iid: str | None, split: str, n: int, kwargs: dict | None = None) -> PairDataset:
@@ -90,9 +92,16 @@ class Run:
             batch_size=cfg.batch_size, unit_size=cfg.batch_size, max_ppl_ratio=cfg.max_ppl_ratio,
             max_degeneration=cfg.max_degeneration, seed=cfg.seed,
         )
-        result = run_sweep(self.model, targets, settings, self.out_dir / "sweep.jsonl", self.reference, memo=self.memo, say=self.say)
+        executor = make_executor(cfg.executor, address=cfg.address, workers=cfg.workers, model=cfg.model,
+                                 reference=cfg.reference_model if self.reference is not self.model else None,
+                                 device=cfg.device, threads=cfg.threads)
+        result = run_sweep(self.model, targets, settings, self.out_dir / "sweep.jsonl", self.reference, memo=self.memo, say=self.say,
+                           executor=executor)
         self.notes.extend(result.notes)
-        self.say(f"  sweep: {result.units_run} units run, {result.units_skipped} resumed from sweep.jsonl")
+        self.sweep_stats = sweep_stats(result)
+        rate = self.sweep_stats.get("units_per_s")
+        self.say(f"  sweep: {result.units_run} units run, {result.units_skipped} resumed from sweep.jsonl"
+                 + (f" ({rate:.3g} units/s, executor {self.sweep_stats['executor']})" if rate else ""))
         return result
 
     def score(self, rows: Sequence[PairRow], prompts: Sequence[str], responses: Sequence[str], meta: dict[str, Any]) -> dict[str, Any]:

@@ -14,19 +14,26 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..data import PairDataset, PairRow
+from ..data import PairDataset
 from ..directions import Direction
 from ..errors import WorkbenchError
-from ..evaluation.checkers import check_response
-from ..evaluation.quality import degeneration, mean_perplexity, response_perplexities
+from ..evaluation.quality import mean_perplexity
 from ..models.loading import model_info
 from ..steering import SteeringSpec, make_spec
 from .conditions import GenerationMemo
+from .executors import Executor, SweepJob, make_executor
 from .store import UnitStore
+from .units import Unit, score_rows
+
+__all__ = [
+    "HEATMAP_KEYS", "SweepResult", "SweepSettings", "SweepTarget", "Unit", "default_layers", "heatmap_records", "plan_units",
+    "run_sweep", "score_rows", "select", "steering_spec", "summarize", "unit_key",
+]
 
 HEATMAP_KEYS = ("instruction_id", "layer", "coeff", "accuracy", "perplexity")
 SCORING_VERSION = 2  # bump when checks or quality scores change, so stored units are not reused
@@ -97,6 +104,7 @@ class SweepResult:
     units_run: int = 0
     units_skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)  # executor, workers, per-unit worker and driver seconds
 
 
 def _fingerprint(model: Any, target: SweepTarget, settings: SweepSettings, reference: Any) -> str:
@@ -125,29 +133,28 @@ def unit_key(fingerprint: str, target: str, layer: int | None, strength: float |
     return f"{fingerprint}/{target}/{where}/b{batch}"
 
 
-def score_rows(rows: Sequence[PairRow], responses: Sequence[str]) -> tuple[list[bool], list[bool]]:
-    """Strict and loose pass of each response on all of its row's instructions."""
-    strict, loose = [], []
-    for row, text in zip(rows, responses):
-        res = check_response(text, row.eval_instruction_ids, row.eval_kwargs, row.prompt)
-        strict.append(all(r.strict for r in res))
-        loose.append(all(r.loose for r in res))
-    return strict, loose
-
-
-def _run_unit(reference, rows, prompts, spec, settings, memo: GenerationMemo) -> dict[str, Any]:
-    """Generate (steered or not), check and score one batch of prompts."""
-    responses = memo.generate(prompts, [] if spec is None else [spec], settings.max_new_tokens)
-    strict, loose = score_rows(rows, responses)
-    ppl = response_perplexities(reference, prompts, responses, batch_size=settings.batch_size)
-    return {
-        "base_ids": [r.base_id for r in rows],
-        "responses": list(responses),
-        "strict": strict,
-        "loose": loose,
-        "perplexity": ppl,
-        "degeneration": [degeneration(t) for t in responses],
-    }
+def plan_units(model: Any, targets: Sequence[SweepTarget], settings: SweepSettings, reference: Any | None = None) -> list[Unit]:
+    """Every unit of the sweep in a fixed order (per target: baseline, then layer x strength; per cell: batches)."""
+    reference = model if reference is None else reference
+    units: list[Unit] = []
+    for target in targets:
+        target.rows.require_nonempty(f"sweep target {target.name}")
+        target.direction.check_compatible(model)
+        fp = _fingerprint(model, target, settings, reference)
+        prompts = target.prompts()
+        rows = list(target.rows)
+        cells: list[tuple[int | None, float | None]] = [(None, None)]
+        cells += [(layer, s) for layer in settings.layers for s in settings.strengths]
+        for layer, strength in cells:
+            spec = None if layer is None else steering_spec(target.direction, layer, strength, target.mode, target.scale)
+            for b, start in enumerate(range(0, len(rows), settings.unit_size)):
+                sl = slice(start, start + settings.unit_size)
+                units.append(Unit(
+                    key=unit_key(fp, target.name, layer, strength, b), target=target.name, group=target.group_name,
+                    layer=layer, strength=strength, mode=target.mode, scale=target.scale, batch=b,
+                    rows=tuple(rows[sl]), prompts=tuple(prompts[sl]), spec=spec,
+                ))
+    return units
 
 
 def run_sweep(
@@ -159,45 +166,48 @@ def run_sweep(
     on_unit: Callable[[dict[str, Any]], None] | None = None,
     memo: GenerationMemo | None = None,
     say: Callable[[str], None] = lambda s: None,
+    executor: str | Executor | None = "local",
 ) -> SweepResult:
-    """Run (or resume) the sweep; every finished unit is in ``path`` before the next starts."""
+    """Run (or resume) the sweep; every finished unit is in ``path`` as soon as the driver has it.
+
+    ``executor``: ``"local"`` (in this process), ``"ray"`` (a local Ray cluster) or an
+    :class:`~workbench.experiments.executors.Executor` such as ``RayExecutor(address=..., workers=...)``.
+    Resume and dedupe live here, so every executor records each unit exactly once.
+    """
     reference = model if reference is None else reference
     if memo is None:
         memo = GenerationMemo(model, settings.max_new_tokens, settings.batch_size, settings.seed)
     store = UnitStore(path)
     done = store.load()
-    run = skipped = 0
-    keys_by_target: dict[str, list[str]] = {}
-    for target in targets:
-        target.rows.require_nonempty(f"sweep target {target.name}")
-        target.direction.check_compatible(model)
-        fp = _fingerprint(model, target, settings, reference)
-        prompts = target.prompts()
-        rows = list(target.rows)
-        cells: list[tuple[int | None, float | None]] = [(None, None)]
-        cells += [(layer, s) for layer in settings.layers for s in settings.strengths]
-        keys = keys_by_target.setdefault(target.name, [])
-        for layer, strength in cells:
-            spec = None if layer is None else steering_spec(target.direction, layer, strength, target.mode, target.scale)
-            for b, start in enumerate(range(0, len(rows), settings.unit_size)):
-                key = unit_key(fp, target.name, layer, strength, b)
-                keys.append(key)
-                if key in done:
-                    skipped += 1
-                    continue
-                sl = slice(start, start + settings.unit_size)
-                say(f"  sweep {target.name} {'unsteered' if layer is None else f'layer {layer}, strength {strength:g}'} (batch {b})")
-                result = _run_unit(reference, rows[sl], prompts[sl], spec, settings, memo)
-                record = {
-                    "key": key, "target": target.name, "instruction_id": target.group_name, "layer": layer,
-                    "coeff": strength, "mode": target.mode, "scale": target.scale, "batch": b, **result,
-                }
-                store.append(record)
-                run += 1
-                if on_unit is not None:
-                    on_unit(record)
-    result = summarize([store.get(k) for keys in keys_by_target.values() for k in keys], settings)
-    result.units_run, result.units_skipped = run, skipped
+    units = plan_units(model, targets, settings, reference)
+    n_keys = len({u.key for u in units})
+    pending = list({u.key: u for u in units if u.key not in done}.values())  # each key once, in plan order
+    job = SweepJob(model=model, reference=reference, batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens,
+                   seed=settings.seed, memo=memo, total=n_keys, done=n_keys - len(pending))
+    run = 0
+
+    def deliver(unit: Unit, result: dict[str, Any]) -> bool:
+        nonlocal run
+        if unit.key in store:  # a retried unit whose first result already arrived: recorded once only
+            return False
+        record = unit.record(result)
+        store.append(record)
+        run += 1
+        job.done += 1
+        if on_unit is not None:
+            on_unit(record)
+        return True
+
+    start = time.perf_counter()
+    if pending:
+        make_executor(executor).run(job, pending, deliver, say)
+    elapsed = time.perf_counter() - start
+    missing = [u.key for u in pending if u.key not in store]
+    if missing:
+        raise WorkbenchError(f"sweep ended with {len(missing)} unit(s) not recorded, e.g. {missing[0]}")
+    result = summarize([store.get(u.key) for u in units], settings)
+    result.units_run, result.units_skipped = run, n_keys - len(pending)
+    result.stats = {**job.stats, "units": run, "elapsed_s": elapsed}
     return result
 
 

@@ -43,6 +43,18 @@ def _describe(spec: BuiltinModel) -> ModelRow:
         path = spec.package_dir() / spec.gguf_file
         size = _human(path.stat().st_size) + " (GGUF)"
         layers, d_model = _gguf_shape(path, spec.expected_architecture)
+    elif installed and spec.source == "gguf-parts":
+        from .chunks import header_fields, part_paths
+
+        try:
+            paths = part_paths(spec.parts, spec.part_files, spec.install)
+            size = _human(sum(p.stat().st_size for p in paths)) + f" (GGUF, {len(paths)} parts)"
+            fields = header_fields(paths[0])
+            arch = spec.expected_architecture
+            layers = str(fields.get(f"{arch}.block_count", "-"))
+            d_model = str(fields.get(f"{arch}.embedding_length", "-"))
+        except Exception:  # noqa: BLE001  (a listing never fails on one broken install)
+            size = "parts incomplete"
     return ModelRow(spec.name, installed, cached, size, layers, d_model, spec.prompt_style, spec.install)
 
 

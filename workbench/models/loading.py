@@ -55,6 +55,8 @@ def prepare_builtin(spec: BuiltinModel) -> Path:
         return folder
     from .gguf import convert_gguf
 
+    if spec.source == "gguf-parts":
+        return _prepare_from_parts(spec, folder)
     pkg_dir = spec.package_dir()
     with cache.building(folder) as tmp:
         if spec.source == "gguf-file":
@@ -77,12 +79,27 @@ def prepare_builtin(spec: BuiltinModel) -> Path:
     return folder
 
 
+def _prepare_from_parts(spec: BuiltinModel, folder: Path) -> Path:
+    """Join a GGUF split across packages (streamed, atomically, in the cache), check its header, convert it."""
+    from .chunks import assemble_parts, check_gguf_header, part_paths
+    from .gguf import convert_gguf
+
+    parts = part_paths(spec.parts, spec.part_files, spec.install)
+    with cache.building(folder) as tmp:
+        print(f"[workbench] joining {len(parts)} GGUF parts of {spec.name} and converting (once; cached in {folder})", flush=True)
+        gguf_path = assemble_parts(parts, tmp / "gguf" / spec.gguf_file, spec.gguf_size)
+        check_gguf_header(gguf_path, spec.expected_architecture or "", spec.expected_name)
+        convert_gguf(gguf_path, tmp, spec.expected_architecture)
+        shutil.rmtree(tmp / "gguf", ignore_errors=True)
+    return folder
+
+
 def _resolve(name_or_path: str) -> tuple[str, str, str | None]:
     """Return ``(display name, path or hub id, prompt style or None to infer)``."""
     if name_or_path in BUILTIN_MODELS:
         spec = BUILTIN_MODELS[name_or_path]
         if not spec.is_installed():
-            raise ModelNotFoundError(f"model {spec.name!r} is not installed: run `{spec.install}`")
+            raise ModelNotFoundError(spec.not_installed_message())
         return spec.name, str(prepare_builtin(spec)), spec.prompt_style
     path = Path(name_or_path).expanduser()
     if path.exists():

@@ -7,6 +7,7 @@ and points its parameters and buffers at the bridge's tensors, so no weight is c
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -33,7 +34,11 @@ def _set_tensor(root: torch.nn.Module, dotted: str, value: torch.Tensor, buffer:
 def build_plain_model(bridge: Any) -> torch.nn.Module:
     """The bridge's Hugging Face model as plain ``transformers`` modules over the same tensors."""
     original = bridge.original_model
-    config = original.config
+    config = copy.deepcopy(original.config)
+    # The bridge loads with eager attention (to expose attention patterns); generation needs no
+    # pattern hooks, and SDPA decodes about 10% faster on SmolLM2 (CPU) with the same greedy tokens.
+    if getattr(type(original), "_supports_sdpa", False):
+        config._attn_implementation = "sdpa"
     with torch.device("meta"):
         plain = type(original)(config)
     wanted = {name for name, _ in plain.named_parameters(remove_duplicate=False)}

@@ -1,0 +1,69 @@
+"""One unit of sweep work: (target, layer, strength, prompt batch), and how any executor computes it.
+
+A :class:`Unit` carries everything a worker needs besides the model: the rows and prompts of its
+batch and the steering spec (its direction as a tensor). Executors (in-process or Ray actors) call
+:func:`compute_unit` on it; the driver turns the result into the JSONL record with :meth:`Unit.record`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from ..data import PairRow
+from ..evaluation.checkers import check_response
+from ..evaluation.quality import degeneration, response_perplexities
+from ..steering import SteeringSpec
+from .conditions import GenerationMemo
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One sweep unit; ``layer is None`` is the unsteered baseline. Picklable: no model inside."""
+
+    key: str
+    target: str
+    group: str
+    layer: int | None
+    strength: float | None
+    mode: str
+    scale: float
+    batch: int
+    rows: tuple[PairRow, ...]
+    prompts: tuple[str, ...]
+    spec: SteeringSpec | None
+
+    def describe(self) -> str:
+        where = "unsteered" if self.layer is None else f"layer {self.layer}, strength {self.strength:g}"
+        return f"{self.target} {where} (batch {self.batch})"
+
+    def record(self, result: dict[str, Any]) -> dict[str, Any]:
+        """The JSONL line of this unit (the same for every executor)."""
+        return {"key": self.key, "target": self.target, "instruction_id": self.group, "layer": self.layer,
+                "coeff": self.strength, "mode": self.mode, "scale": self.scale, "batch": self.batch, **result}
+
+
+def score_rows(rows: Sequence[PairRow], responses: Sequence[str]) -> tuple[list[bool], list[bool]]:
+    """Strict and loose pass of each response on all of its row's instructions."""
+    strict, loose = [], []
+    for row, text in zip(rows, responses):
+        res = check_response(text, row.eval_instruction_ids, row.eval_kwargs, row.prompt)
+        strict.append(all(r.strict for r in res))
+        loose.append(all(r.loose for r in res))
+    return strict, loose
+
+
+def compute_unit(reference: Any, unit: Unit, batch_size: int, max_new_tokens: int, memo: GenerationMemo) -> dict[str, Any]:
+    """Generate (steered or not), check and score one unit's prompts."""
+    prompts = list(unit.prompts)
+    responses = memo.generate(prompts, [] if unit.spec is None else [unit.spec], max_new_tokens)
+    strict, loose = score_rows(unit.rows, responses)
+    ppl = response_perplexities(reference, prompts, responses, batch_size=batch_size)
+    return {
+        "base_ids": [r.base_id for r in unit.rows],
+        "responses": list(responses),
+        "strict": strict,
+        "loose": loose,
+        "perplexity": ppl,
+        "degeneration": [degeneration(t) for t in responses],
+    }
