@@ -60,3 +60,58 @@ def test_bad_input(tiny, tmp_path):
         wb.load_activations(truncated)
     with pytest.raises(wb.VectorFileError, match="no such file"):
         wb.load_activations(tmp_path / "missing.safetensors")
+
+
+# --- the plain-model path (decoder-layer hooks, shared prefix) against the bridge ---------------
+
+
+@pytest.mark.parametrize("hook", ["resid_post", "resid_pre"])
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_plain_path_equals_bridge(tiny, hook, share_prefix, monkeypatch):
+    monkeypatch.setattr("workbench.activations.MIN_SHARED_PREFIX", 2)  # the tiny chat template shares 6 tokens
+    kw = dict(layers=[0, 2, 3], hook=hook, last_k=2, batch_size=2, progress=False)
+    bridge = wb.collect_activations(tiny, PROMPTS, backend="bridge", **kw)
+    plain = wb.collect_activations(tiny, PROMPTS, backend="plain", share_prefix=share_prefix, **kw)
+    assert plain.shape == bridge.shape == (3, 3, 2, 64)
+    assert torch.allclose(plain, bridge, atol=1e-5)
+
+
+def test_shared_prefix_length():
+    from workbench.activations import shared_prefix_length
+
+    ids = torch.tensor([[1, 2, 3, 4, 5, 0], [1, 2, 3, 9, 9, 9], [1, 2, 3, 4, 0, 0]])
+    lengths = torch.tensor([5, 6, 4])
+    assert shared_prefix_length(ids, lengths, keep=1) == 3
+    assert shared_prefix_length(ids[[0, 2]], lengths[[0, 2]], keep=1) == 3  # capped: 4 - 1 tokens left
+    assert shared_prefix_length(ids[:1], lengths[:1], keep=2) == 3  # one prompt: all but the kept tokens
+    assert shared_prefix_length(torch.tensor([[7, 1], [8, 1]]), torch.tensor([2, 2]), keep=1) == 0
+
+
+def test_prefix_is_shared_on_the_chat_template(tiny, monkeypatch):
+    import workbench.activations as acts
+
+    seen = []
+    real = acts._prefix_cache
+    monkeypatch.setattr(acts, "_prefix_cache", lambda plain, prefix, *a: seen.append(prefix.shape[1]) or real(plain, prefix, *a))
+    monkeypatch.setattr(acts, "MIN_SHARED_PREFIX", 2)
+    wb.collect_activations(tiny, PROMPTS, progress=False)
+    ids, mask = wb.model_info(tiny).formatter.encode(PROMPTS, padding_side="right")
+    common = next(i for i in range(ids.shape[1]) if len(set(ids[:, i].tolist())) > 1)
+    assert seen == [common]
+
+
+def test_steering_and_hand_added_hooks_use_the_bridge(tiny):
+    direction = torch.randn(64)
+    plain_before = wb.collect_activations(tiny, PROMPTS, layers=[3], progress=False)
+    with wb.steer(tiny, direction, layer=1, coeff=10.0):
+        steered = wb.collect_activations(tiny, PROMPTS, layers=[3], progress=False)
+        bridge = wb.collect_activations(tiny, PROMPTS, layers=[3], backend="bridge", progress=False)
+        with pytest.raises(wb.WorkbenchError, match="backend='plain'"):
+            wb.collect_activations(tiny, PROMPTS, backend="plain", progress=False)
+    assert torch.equal(steered, bridge) and not torch.allclose(steered, plain_before, atol=1e-3)
+    calls = []
+    with tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: calls.append(1))]):
+        wb.collect_activations(tiny, PROMPTS, layers=[1], progress=False)
+    assert calls  # a hook the user added still runs: auto took the bridge
+    with pytest.raises(wb.WorkbenchError, match="backend must be"):
+        wb.collect_activations(tiny, PROMPTS, backend="fast", progress=False)

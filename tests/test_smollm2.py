@@ -56,6 +56,8 @@ def test_batched_activations_match_single(smol):
     single = torch.cat([wb.collect_activations(smol, [p], progress=False) for p in prompts])
     rel = (batched - single).abs().max() / single.abs().max()
     assert rel < 1e-4
+    bridge = wb.collect_activations(smol, prompts, backend="bridge", progress=False)  # no shared prefix, eager attention
+    assert (batched - bridge).abs().max() / bridge.abs().max() < 1e-4
 
 
 def test_demo_runs_end_to_end(tmp_path, smol):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+import contextlib
+import copy
+from typing import Any, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
@@ -13,10 +15,86 @@ from .errors import DatasetError, ShapeError, WorkbenchError
 from .hooks import check_layers, forward_hooks, hook_name
 from .io import load_tensors, save_tensors
 from .models.loading import model_info
+from .models.plain import decoder_layers, plain_model_for
+
+
+BACKENDS = ("auto", "plain", "bridge")
+MIN_SHARED_PREFIX = 8  # tokens; below this a shared prefix is not worth its cache copies
 
 
 class _Done(Exception):
     """Raised by the hook of the deepest requested layer to end the forward pass early."""
+
+
+def shared_prefix_length(ids: torch.Tensor, lengths: torch.Tensor, keep: int) -> int:
+    """Tokens every prompt starts with (e.g. a chat template's system prompt), leaving ``keep`` of each."""
+    limit = int(lengths.min()) - keep
+    if limit <= 0 or len(ids) < 2:
+        return max(limit, 0) if len(ids) == 1 else 0
+    same = (ids[:, :limit] == ids[:1, :limit]).all(0)
+    return int(limit if bool(same.all()) else int(torch.argmin(same.int())))
+
+
+class _Grabber:
+    """Keeps the activations at given positions of each requested layer; stops after the deepest."""
+
+    def __init__(self, layers: Sequence[int]) -> None:
+        self.layers, self.last = list(layers), max(layers)
+        self.rows: torch.Tensor | None = None
+        self.pos: torch.Tensor | None = None
+        self.got: dict[int, torch.Tensor] = {}
+
+    def take(self, slot: int, x: torch.Tensor) -> None:
+        assert self.rows is not None and self.pos is not None
+        self.got[slot] = x[self.rows, self.pos.to(x.device)].float().cpu()
+        if self.layers[slot] == self.last:
+            raise _Done  # later blocks and the unembedding are not needed
+
+    def result(self, what: str) -> list[torch.Tensor]:
+        if len(self.got) != len(self.layers):
+            raise WorkbenchError(f"collect_activations: hooks of {what} did not all run")
+        return [self.got[j] for j in range(len(self.layers))]
+
+
+def _extraction_model(model: Any, hook: str, backend: str) -> torch.nn.Module | None:
+    """The plain weight-sharing model when it computes exactly what the bridge would, else None."""
+    if backend not in BACKENDS:
+        raise WorkbenchError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    plain = None
+    if backend != "bridge" and hook in ("resid_post", "resid_pre") and not model_info(model).active_specs:
+        plain = plain_model_for(model)
+    if backend == "plain" and plain is None:
+        raise WorkbenchError(
+            "backend='plain' extracts resid_post/resid_pre with no steering or hand-added hooks active; "
+            "use backend='bridge' or 'auto'"
+        )
+    return plain
+
+
+@contextlib.contextmanager
+def _layer_hooks(plain: torch.nn.Module, layers: Sequence[int], hook: str, grab: _Grabber) -> Iterator[None]:
+    """``resid_post`` of block L is the output of decoder layer L, ``resid_pre`` its input."""
+    blocks = decoder_layers(plain)
+    handles = []
+    try:
+        for slot, layer in enumerate(layers):
+            if hook == "resid_post":
+                fn = lambda m, a, out, slot=slot: grab.take(slot, out[0] if isinstance(out, tuple) else out)  # noqa: E731
+                handles.append(blocks[layer].register_forward_hook(fn))
+            else:
+                fn = lambda m, a, kw, slot=slot: grab.take(slot, a[0] if a else kw["hidden_states"])  # noqa: E731
+                handles.append(blocks[layer].register_forward_pre_hook(fn, with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _run_plain(plain: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, past: Any = None) -> None:
+    try:
+        plain.base_model(input_ids=ids, attention_mask=mask, past_key_values=past, use_cache=past is not None)
+    except _Done:
+        pass
 
 
 @torch.no_grad()
@@ -29,12 +107,18 @@ def collect_activations(
     batch_size: int = 16,
     formatted: bool = False,
     progress: bool = True,
+    backend: str = "auto",
+    share_prefix: bool = True,
 ) -> Float[torch.Tensor, "n_prompts n_layers *k d_model"]:
     """Run ``prompts`` (formatted with the model's prompt style) and keep the last token's activations.
 
     Returns ``[n_prompts, n_layers, d_model]``, or ``[n_prompts, n_layers, last_k, d_model]``
     when ``last_k`` is given. Batches are right-padded, so each prompt's real tokens see exactly
-    what they would see alone.
+    what they would see alone. ``backend="auto"`` reads ``resid_post``/``resid_pre`` from the
+    plain ``transformers`` modules under the bridge (the same tensors, without the bridge's
+    per-module overhead) unless steering or hand-added hooks are active, which only the bridge
+    (``backend="bridge"``) runs. There, with ``share_prefix``, the tokens all prompts start with
+    (a chat template's system prompt) are run once and reused from a KV cache.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -46,10 +130,9 @@ def collect_activations(
         raise WorkbenchError(f"batch_size must be >= 1, got {batch_size}")
     k = 1 if last_k is None else int(last_k)
     formatter = model_info(model).formatter
+    plain = _extraction_model(model, hook, backend)
     d_model = int(model.cfg.d_model)
     out = torch.empty(len(prompts), len(layers), k, d_model, dtype=torch.float32)
-    names = [hook_name(layer, hook) for layer in layers]
-    last_name = hook_name(max(layers), hook)
     device = model.cfg.device
     # Tokenise once and batch prompts of similar length together (less padding); results go
     # back to the caller's order.
@@ -57,38 +140,55 @@ def collect_activations(
     all_lengths = all_mask.sum(1)
     if k > int(all_lengths.min()):
         raise ShapeError(f"last_k={k} is longer than the shortest prompt ({int(all_lengths.min())} tokens)")
+    shared = shared_prefix_length(all_ids, all_lengths, k) if plain is not None and share_prefix else 0
+    prefix_cache = None
+    if shared >= MIN_SHARED_PREFIX:
+        prefix_cache = _prefix_cache(plain, all_ids[:1, :shared].to(device), layers, hook)
+    else:
+        shared = 0
     order = torch.argsort(all_lengths, stable=True)
+    names = [hook_name(layer, hook) for layer in layers]
     bar = tqdm(total=len(prompts), desc=f"activations ({hook})", disable=not progress, unit="prompt")
     for start in range(0, len(prompts), batch_size):
         idx = order[start : start + batch_size]
         lengths = all_lengths[idx]
         width = int(lengths.max())
-        ids, mask = all_ids[idx, :width], all_mask[idx, :width]
-        # positions [batch, k]: the last k real tokens of each row
-        pos = lengths[:, None] - k + torch.arange(k)[None, :]
-        rows = torch.arange(len(idx))[:, None]
-        grabbed: dict[int, torch.Tensor] = {}
-
-        def grab(slot: int, name: str):
-            def fn(x: torch.Tensor) -> None:
-                grabbed[slot] = x[rows, pos.to(x.device)].float().cpu()
-                if name == last_name:
-                    raise _Done  # later blocks and the unembedding are not needed
-
-            return fn
-
-        try:
-            with forward_hooks(model, [(n, grab(j, n)) for j, n in enumerate(names)]):
-                model(ids.to(device), attention_mask=mask.to(device), return_type=None)
-        except _Done:
-            pass
-        if len(grabbed) != len(layers):
-            raise WorkbenchError(f"collect_activations: hooks {names} did not all run")
-        for j in range(len(layers)):
-            out[idx, j] = grabbed[j]
+        ids, mask = all_ids[idx, shared:width].to(device), all_mask[idx, :width].to(device)
+        grab = _Grabber(layers)
+        # positions [batch, k]: the last k real tokens of each row (after the shared prefix)
+        grab.pos = lengths[:, None] - shared - k + torch.arange(k)[None, :]
+        grab.rows = torch.arange(len(idx))[:, None]
+        if plain is not None:
+            past = None
+            if prefix_cache is not None:
+                past = copy.deepcopy(prefix_cache)
+                past.batch_repeat_interleave(len(idx))
+            with _layer_hooks(plain, layers, hook, grab):
+                _run_plain(plain, ids, mask, past)
+        else:
+            try:
+                with forward_hooks(model, [(n, lambda x, j=j: grab.take(j, x)) for j, n in enumerate(names)]):
+                    model(ids, attention_mask=mask, return_type=None)
+            except _Done:
+                pass
+        for j, acts in enumerate(grab.result(", ".join(names))):
+            out[idx, j] = acts
         bar.update(len(idx))
     bar.close()
     return out[:, :, 0] if last_k is None else out
+
+
+def _prefix_cache(plain: torch.nn.Module, prefix: torch.Tensor, layers: Sequence[int], hook: str) -> Any:
+    """KV cache of the shared prefix, filled up to the deepest requested layer."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=plain.config)
+    deepest = max(layers)
+    stop = _Grabber([deepest])
+    stop.rows, stop.pos = torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long)
+    with _layer_hooks(plain, [deepest], "resid_post", stop):
+        _run_plain(plain, prefix, torch.ones_like(prefix), cache)
+    return cache
 
 
 def save_activations(path: str | Path, activations: torch.Tensor, **metadata: Any) -> None:

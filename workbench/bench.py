@@ -187,7 +187,12 @@ def run_bench(
 
     extract = (load_pairs("format", split="train").prompts() * 2)[:n_extract]
     secs, peak = measure(lambda: collect_activations(model, extract, batch_size=32, progress=False), device)
-    rows.append(Row("extract", "workbench batched last-token cache (batch 32)", 32, 0, secs, n_extract / secs, "prompts/s", peak))
+    rows.append(Row("extract", BATCHED + " (batch 32)", 32, 0, secs, n_extract / secs, "prompts/s", peak))
+    say(_fmt(rows[-1]))
+    secs, peak = measure(
+        lambda: collect_activations(model, extract, batch_size=32, backend="bridge", progress=False), device
+    )
+    rows.append(Row("extract", BRIDGE_BATCHED + " (batch 32)", 32, 0, secs, n_extract / secs, "prompts/s", peak))
     say(_fmt(rows[-1]))
 
     def one_at_a_time() -> None:
@@ -197,7 +202,7 @@ def run_bench(
                 model.run_with_cache(ids.to(device))
 
     secs, peak = measure(one_at_a_time, device)
-    rows.append(Row("extract", "one prompt at a time, run_with_cache (all hooks)", 1, 0, secs, n_extract / secs, "prompts/s", peak))
+    rows.append(Row("extract", ONE_AT_A_TIME, 1, 0, secs, n_extract / secs, "prompts/s", peak))
     say(_fmt(rows[-1]))
     report = {
         "model": info.name, "device": device, "machine": _machine(device), "torch": torch.__version__,
@@ -222,6 +227,11 @@ def _fmt(r: Row) -> str:
     return f"  {r.variant:<52} b{r.batch:<3}{tokens:<6} {r.throughput:8.1f} {r.unit:<9} {r.seconds:7.2f} s  peak +{r.peak_mem_mb:.0f} MiB"
 
 
+BATCHED = "workbench batched last-token cache, plain layers + shared prefix"
+BRIDGE_BATCHED = "workbench batched, bridge hooks, no shared prefix"
+ONE_AT_A_TIME = "one prompt at a time, run_with_cache (all hooks)"
+
+
 def _get(rows: list[Row], variant: str, batch: int, n: int) -> float:
     for r in rows:
         if r.variant.startswith(variant) and r.batch == batch and r.new_tokens == n:
@@ -238,9 +248,9 @@ def ratios(rows: list[Row]) -> dict[str, float]:
         out[f"steered b1 / transformers b1, {length} tokens (target >= 0.9)"] = _get(rows, steered, 1, length) / _get(rows, plain, 1, length)
         out[f"steered b{big} / steered b1, {length} tokens (target >= 4 at b16)"] = _get(rows, steered, big, length) / _get(rows, steered, 1, length)
         out[f"steered b1 / reference b1, {length} tokens (target >= 8 at 256)"] = _get(rows, steered, 1, length) / _get(rows, ref, 1, length)
-    ex = [r.throughput for r in rows if r.task == "extract"]
-    if len(ex) == 2:
-        out["batched extraction / one at a time (target >= 5)"] = ex[0] / ex[1]
+    one = _get(rows, ONE_AT_A_TIME, 1, 0)
+    out["batched extraction / one at a time (target >= 5)"] = _get(rows, BATCHED, 32, 0) / one
+    out["batched through the bridge / one at a time (no target)"] = _get(rows, BRIDGE_BATCHED, 32, 0) / one
     return out
 
 

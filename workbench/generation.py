@@ -11,8 +11,8 @@ from tqdm.auto import tqdm
 from .errors import WorkbenchError
 from .hooks import forward_hooks
 from .interop.hf_hooks import hf_steer
-from .models.loading import bridge_hook_count, model_info
-from .models.plain import build_plain_model
+from .models.loading import model_info
+from .models.plain import plain_model_for
 from .steering import GenerationState
 
 
@@ -80,18 +80,6 @@ def _reference_loop(model, ids, mask, max_new_tokens, min_new_tokens, eos, pad, 
 BACKENDS = ("auto", "plain", "bridge")
 
 
-def _plain_model(model: Any, info: Any) -> Any | None:
-    """The weight-sharing plain model when it can reproduce every active hook, else None."""
-    specs = info.active_specs
-    if any(spec.hook not in ("resid_post", "resid_pre") for spec in specs):
-        return None
-    if bridge_hook_count(model) != info.baseline_hooks + len(specs):
-        return None  # hooks we did not add: only the bridge path runs them
-    if info.plain is None:
-        info.plain = build_plain_model(model)
-    return info.plain
-
-
 @torch.no_grad()
 def generate(
     model: Any,
@@ -136,7 +124,7 @@ def generate(
     info = model_info(model)
     if backend not in BACKENDS:
         raise WorkbenchError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    plain = _plain_model(model, info) if backend != "bridge" else None
+    plain = plain_model_for(model) if backend != "bridge" else None
     if backend == "plain" and plain is None:
         raise WorkbenchError(
             "backend='plain' cannot reproduce the active hooks (resid_mid steering or hooks added by hand); "

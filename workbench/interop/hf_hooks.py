@@ -14,25 +14,8 @@ import torch
 
 from ..directions import Direction, LayerDirection
 from ..errors import SteeringError, WorkbenchError
+from ..models.plain import decoder_layers
 from ..steering import GenerationState, SteeringSpec, resolve_specs
-
-_LAYER_PATHS = ("model.layers", "layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
-
-
-def decoder_layers(hf_model: Any) -> torch.nn.ModuleList:
-    """The list of decoder blocks of a Hugging Face causal LM (``model.layers`` for Llama-style models)."""
-    for dotted in _LAYER_PATHS:
-        obj = hf_model
-        for part in dotted.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, torch.nn.ModuleList) and len(obj) > 0:
-            return obj
-    raise WorkbenchError(
-        f"cannot find the decoder layers of a {type(hf_model).__name__} (looked for {', '.join(_LAYER_PATHS)})"
-    )
-
 
 def hidden_size(hf_model: Any) -> int:
     """Width of the residual stream from the model's config."""

@@ -16,7 +16,7 @@ from .prompts import PromptFormatter
 from .registry import BUILTIN_MODELS, DEFAULT_MODEL, BuiltinModel
 
 # Bump when the conversion changes, so stale caches are rebuilt rather than reused.
-CONVERSION_VERSION = "v1"
+CONVERSION_VERSION = "v2"  # v2: SentencePiece-BPE tokenizers (Gemma) rebuilt with merges
 
 
 @dataclass

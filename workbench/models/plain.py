@@ -15,6 +15,23 @@ import torch
 from ..errors import WorkbenchError
 
 WRAPPER = "._original_component"
+_LAYER_PATHS = ("model.layers", "layers", "model.language_model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+
+
+def decoder_layers(hf_model: Any) -> torch.nn.ModuleList:
+    """The list of decoder blocks of a Hugging Face causal LM (``model.layers`` for Llama-style models)."""
+    for dotted in _LAYER_PATHS:
+        obj = hf_model
+        for part in dotted.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList) and len(obj) > 0:
+            return obj
+    raise WorkbenchError(
+        f"cannot find the decoder layers of a {type(hf_model).__name__} (looked for {', '.join(_LAYER_PATHS)})"
+    )
+
 
 
 def _hf_name(name: str) -> str:
@@ -60,3 +77,23 @@ def build_plain_model(bridge: Any) -> torch.nn.Module:
         raise WorkbenchError(f"cannot rebuild a plain {type(original).__name__}: {still_meta[:3]} not shared")
     plain.generation_config = original.generation_config
     return plain.eval()
+
+
+def plain_model_for(model: Any) -> torch.nn.Module | None:
+    """The bridge's weight-sharing plain model when it can reproduce every hook now active, else None.
+
+    Steering opened with :func:`workbench.steer` on ``resid_post``/``resid_pre`` can be re-applied
+    to the decoder layers; any other hook (``resid_mid`` steering, hooks added by hand) only runs
+    on the bridge. The plain model is built once per loaded model.
+    """
+    from .loading import bridge_hook_count, model_info
+
+    info = model_info(model)
+    specs = info.active_specs
+    if any(spec.hook not in ("resid_post", "resid_pre") for spec in specs):
+        return None
+    if bridge_hook_count(model) != info.baseline_hooks + len(specs):
+        return None  # hooks we did not add: only the bridge path runs them
+    if info.plain is None:
+        info.plain = build_plain_model(model)
+    return info.plain
