@@ -64,6 +64,7 @@ def test_model_all_runs_each_model_and_compares(tmp_path, absent_model, one_thre
     assert page.startswith("<!-- written by `workbench reproduce format --model all --quick --publish")
     assert "Wall time:" in page and "## format: models compared" in page
     assert (tmp_path / "pub" / "tiny-random-llama" / "format.md").is_file()
+    assert (tmp_path / "pub" / "all" / "format.csv").read_text() == (out / "comparison.csv").read_text()
 
 
 def test_comparison_puts_models_side_by_side(tmp_path, one_thread):

@@ -151,5 +151,6 @@ def run_across_models(config: ReproduceConfig, models: Sequence[str] | None = No
                 f"Command: `{cmd}`. Wall time: {(time.time() - start) / 60:.1f} min for the {len(runs)} model(s) in turn "
                 f"(each model's own time is in the models table; per-model pages: `<model>/{config.experiment}.md`).\n\n")
         write_text_atomic(path, head + (out_dir / "comparison.md").read_text(encoding="utf-8"))
+        write_text_atomic(path.with_suffix(".csv"), (out_dir / "comparison.csv").read_text(encoding="utf-8"))
     say(f"Comparison of {len(runs)} model(s): {out_dir}/comparison.md")
     return out_dir
