@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 import contextlib
 import copy
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
@@ -15,7 +15,7 @@ from .errors import DatasetError, ShapeError, WorkbenchError
 from .hooks import check_layers, forward_hooks, hook_name
 from .io import load_tensors, save_tensors
 from .models.loading import model_info
-from .models.plain import decoder_layers, plain_model_for
+from .models.plain import decoder_layers, layer_input, layer_output, plain_model_for
 
 
 BACKENDS = ("auto", "plain", "bridge")
@@ -28,24 +28,20 @@ class _Done(Exception):
 
 def shared_prefix_length(ids: torch.Tensor, lengths: torch.Tensor, keep: int) -> int:
     """Tokens every prompt starts with (e.g. a chat template's system prompt), leaving ``keep`` of each."""
-    limit = int(lengths.min()) - keep
-    if limit <= 0 or len(ids) < 2:
-        return max(limit, 0) if len(ids) == 1 else 0
+    limit = max(int(lengths.min()) - keep, 0)
     same = (ids[:, :limit] == ids[:1, :limit]).all(0)
-    return int(limit if bool(same.all()) else int(torch.argmin(same.int())))
+    return limit if bool(same.all()) else int(torch.argmin(same.int()))
 
 
 class _Grabber:
     """Keeps the activations at given positions of each requested layer; stops after the deepest."""
 
-    def __init__(self, layers: Sequence[int]) -> None:
+    def __init__(self, layers: Sequence[int], rows: torch.Tensor, pos: torch.Tensor) -> None:
         self.layers, self.last = list(layers), max(layers)
-        self.rows: torch.Tensor | None = None
-        self.pos: torch.Tensor | None = None
+        self.rows, self.pos = rows, pos  # [batch, 1] and [batch, k]: which tokens to keep
         self.got: dict[int, torch.Tensor] = {}
 
     def take(self, slot: int, x: torch.Tensor) -> None:
-        assert self.rows is not None and self.pos is not None
         self.got[slot] = x[self.rows, self.pos.to(x.device)].float().cpu()
         if self.layers[slot] == self.last:
             raise _Done  # later blocks and the unembedding are not needed
@@ -79,10 +75,10 @@ def _layer_hooks(plain: torch.nn.Module, layers: Sequence[int], hook: str, grab:
     try:
         for slot, layer in enumerate(layers):
             if hook == "resid_post":
-                fn = lambda m, a, out, slot=slot: grab.take(slot, out[0] if isinstance(out, tuple) else out)  # noqa: E731
+                fn = lambda m, a, out, slot=slot: grab.take(slot, layer_output(out))  # noqa: E731
                 handles.append(blocks[layer].register_forward_hook(fn))
             else:
-                fn = lambda m, a, kw, slot=slot: grab.take(slot, a[0] if a else kw["hidden_states"])  # noqa: E731
+                fn = lambda m, a, kw, slot=slot: grab.take(slot, layer_input(a, kw))  # noqa: E731
                 handles.append(blocks[layer].register_forward_pre_hook(fn, with_kwargs=True))
         yield
     finally:
@@ -143,7 +139,7 @@ def collect_activations(
     shared = shared_prefix_length(all_ids, all_lengths, k) if plain is not None and share_prefix else 0
     prefix_cache = None
     if shared >= MIN_SHARED_PREFIX:
-        prefix_cache = _prefix_cache(plain, all_ids[:1, :shared].to(device), layers, hook)
+        prefix_cache = _prefix_cache(plain, all_ids[:1, :shared].to(device), max(layers))
     else:
         shared = 0
     order = torch.argsort(all_lengths, stable=True)
@@ -154,10 +150,9 @@ def collect_activations(
         lengths = all_lengths[idx]
         width = int(lengths.max())
         ids, mask = all_ids[idx, shared:width].to(device), all_mask[idx, :width].to(device)
-        grab = _Grabber(layers)
         # positions [batch, k]: the last k real tokens of each row (after the shared prefix)
-        grab.pos = lengths[:, None] - shared - k + torch.arange(k)[None, :]
-        grab.rows = torch.arange(len(idx))[:, None]
+        pos = lengths[:, None] - shared - k + torch.arange(k)[None, :]
+        grab = _Grabber(layers, torch.arange(len(idx))[:, None], pos)
         if plain is not None:
             past = None
             if prefix_cache is not None:
@@ -178,15 +173,13 @@ def collect_activations(
     return out[:, :, 0] if last_k is None else out
 
 
-def _prefix_cache(plain: torch.nn.Module, prefix: torch.Tensor, layers: Sequence[int], hook: str) -> Any:
+def _prefix_cache(plain: torch.nn.Module, prefix: torch.Tensor, deepest: int) -> Any:
     """KV cache of the shared prefix, filled up to the deepest requested layer."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=plain.config)
-    deepest = max(layers)
-    stop = _Grabber([deepest])
-    stop.rows, stop.pos = torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long)
-    with _layer_hooks(plain, [deepest], "resid_post", stop):
+    zero = torch.zeros(1, 1, dtype=torch.long)
+    with _layer_hooks(plain, [deepest], "resid_post", _Grabber([deepest], zero, zero)):
         _run_plain(plain, prefix, torch.ones_like(prefix), cache)
     return cache
 

@@ -14,7 +14,7 @@ import torch
 
 from ..directions import Direction, LayerDirection
 from ..errors import SteeringError, WorkbenchError
-from ..models.plain import decoder_layers
+from ..models.plain import decoder_layers, layer_input, layer_output
 from ..steering import GenerationState, SteeringSpec, resolve_specs
 
 def hidden_size(hf_model: Any) -> int:
@@ -56,14 +56,6 @@ def _replace_hidden(output: Any, new: torch.Tensor) -> Any:
     raise WorkbenchError(f"unexpected decoder-layer output of type {type(output).__name__}")
 
 
-def _hidden(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-        return output[0]
-    raise WorkbenchError(f"unexpected decoder-layer output of type {type(output).__name__}")
-
-
 @contextlib.contextmanager
 def hf_steer(
     hf_model: Any,
@@ -90,7 +82,7 @@ def hf_steer(
 
     def post_hook(spec: SteeringSpec):
         def fn(module: torch.nn.Module, args: Any, kwargs: dict, output: Any) -> Any:
-            x = _hidden(output)
+            x = layer_output(output)
             state = None
             if spec.positions != "all":
                 state = tracker.state(x.shape[1], kwargs.get("past_key_values"), spec.layer, after_update=True)
@@ -100,12 +92,11 @@ def hf_steer(
 
     def pre_hook(spec: SteeringSpec):
         def fn(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
-            if args and isinstance(args[0], torch.Tensor):
-                x, put = args[0], lambda new: ((new,) + tuple(args[1:]), kwargs)
-            elif isinstance(kwargs.get("hidden_states"), torch.Tensor):
-                x, put = kwargs["hidden_states"], lambda new: (args, {**kwargs, "hidden_states": new})
+            x = layer_input(args, kwargs)
+            if args and args[0] is x:
+                put = lambda new: ((new,) + tuple(args[1:]), kwargs)  # noqa: E731
             else:
-                raise WorkbenchError("cannot find the hidden states passed to the decoder layer")
+                put = lambda new: (args, {**kwargs, "hidden_states": new})  # noqa: E731
             state = None
             if spec.positions != "all":
                 state = tracker.state(x.shape[1], kwargs.get("past_key_values"), spec.layer, after_update=False)

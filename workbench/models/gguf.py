@@ -89,10 +89,10 @@ def rebuild_spm_bpe_tokenizer(gguf_path: Path, out_dir: Path) -> None:
     data = json.loads(tok_path.read_text())
     if len(tokens) != len(data["model"]["vocab"]):
         raise ModelNotFoundError(f"{gguf_path}: tokenizer has {len(data['model']['vocab'])} pieces, GGUF {len(tokens)}")
-    vocab = {piece: i for i, (piece, _) in enumerate(data["model"]["vocab"])}
+    pieces = [piece for piece, _ in data["model"]["vocab"]]
+    vocab = {piece: i for i, piece in enumerate(pieces)}
     normal = {piece: i for piece, i in vocab.items() if types[i] == _NORMAL}
     merges = generate_merges(normal, [(p, scores[i]) for p, i in normal.items()])
-    pieces = [piece for piece, _ in data["model"]["vocab"]]
     bos = next(t for t in data["added_tokens"] if t["content"] == "<bos>")
     data["model"] = {
         "type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,

@@ -33,6 +33,23 @@ def decoder_layers(hf_model: Any) -> torch.nn.ModuleList:
     )
 
 
+def layer_output(output: Any) -> torch.Tensor:
+    """The hidden states a decoder layer returns (a tensor, or the first item of a tuple)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise WorkbenchError(f"unexpected decoder-layer output of type {type(output).__name__}")
+
+
+def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hidden states passed to a decoder layer (first positional argument or ``hidden_states=``)."""
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    if isinstance(kwargs.get("hidden_states"), torch.Tensor):
+        return kwargs["hidden_states"]
+    raise WorkbenchError("cannot find the hidden states passed to the decoder layer")
+
 
 def _hf_name(name: str) -> str:
     return name.replace(WRAPPER, "")
