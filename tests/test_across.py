@@ -96,3 +96,15 @@ def test_model_all_with_nothing_installed_is_a_clear_error(tmp_path, absent_mode
     cfg = ReproduceConfig("format", out=str(tmp_path), **SMALL)
     with pytest.raises(wb.WorkbenchError, match="none of the models is installed"):
         run_across_models(cfg, models=[absent_model], say=lambda s: None)
+
+
+def test_transfer_model_all_checks_shapes_before_running(monkeypatch, tmp_path):
+    shapes = {"wbtest-src": ("30", "576"), "wbtest-same": ("30", "576"), "wbtest-wide": ("18", "640")}
+    monkeypatch.setattr(across, "_shape", shapes.get)
+    across.check_transfer_shapes("wbtest-src", ["wbtest-same", "wbtest-unknown"])  # unknown shapes are not refused
+    cfg = ReproduceConfig("transfer", out=str(tmp_path), source_model="wbtest-src", **SMALL)
+    ran: list[str] = []
+    monkeypatch.setattr(across, "installed_models", lambda models, say: (list(models), {}))
+    with pytest.raises(wb.WorkbenchError, match=r"wbtest-wide \(18 layers, d_model 640\)"):
+        run_across_models(cfg, models=["wbtest-same", "wbtest-wide"], say=ran.append)
+    assert ran == []  # refused before the first model ran

@@ -15,11 +15,12 @@ def test_bench_report(tmp_path, tiny):
     saved = json.loads(out.read_text())
     assert saved["rows"] == report["rows"]
     variants = {(r["variant"], r["batch"]) for r in report["rows"] if r["task"] == "generate"}
-    assert len([v for v in variants if v[0].startswith("workbench")]) == 4
+    assert len([v for v in variants if v[0].startswith("workbench")]) == 6  # three variants at two batch sizes
+    assert report["compiled_first_call_seconds"].keys() == {"b1 x4", "b2 x4"}
     assert any(v[0].startswith("reference") for v in variants)
     assert len([r for r in report["rows"] if r["task"] == "extract"]) == 3
     assert all(r["throughput"] > 0 and r["seconds"] > 0 for r in report["rows"])
-    assert len(report["ratios"]) == 5 and all(v > 0 for v in report["ratios"].values())
+    assert len(report["ratios"]) == 7 and all(v > 0 for v in report["ratios"].values())
     assert "| ratio | value |" in markdown(report)
 
 

@@ -28,7 +28,11 @@ def test_compute_then_generate(tmp_path, capsys):
     capsys.readouterr()
     assert main(["generate", "--model", "tiny-random-llama", "--prompt", "Hi", "--prompt", "Tell me a story",
                  "--steer", str(out), "--layer", "2", "--coeff", "4", "--max-new-tokens", "4"]) == 0
-    assert capsys.readouterr().out.count("### ") == 2
+    plain = capsys.readouterr().out
+    assert plain.count("### ") == 2
+    assert main(["generate", "--model", "tiny-random-llama", "--prompt", "Hi", "--prompt", "Tell me a story",
+                 "--steer", str(out), "--layer", "2", "--coeff", "4", "--max-new-tokens", "4", "--backend", "compiled"]) == 0
+    assert capsys.readouterr().out == plain
     assert main(["generate", "--model", "tiny-random-llama", "--prompt", "Hi", "--steer", str(out), "--steer", str(out),
                  "--layer", "2", "--layer", "3", "--mode", "project", "--max-new-tokens", "3", "--no-cache"]) == 0
 

@@ -8,7 +8,6 @@ import math
 import shutil
 import subprocess
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import plotly.graph_objects as go
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.directions import direction_from_activations, pair_activations
+from workbench.directions import pair_activations
 from workbench.errors import WorkbenchError
 from workbench.figures import (
     CONDITIONS,

@@ -106,3 +106,41 @@ def test_backends(tiny, random_unit):
         handle.remove()
     with pytest.raises(wb.WorkbenchError, match="unknown backend"):
         run(tiny, PROMPTS, True, backend="vllm")
+
+
+def test_compiled_backend_matches_plain(tiny, random_unit):
+    """The compiled static-cache step gives the plain path's greedy tokens under every kind of steering."""
+    from torch._dynamo.utils import counters
+
+    def both(**kw):
+        plain = wb.generate(tiny, PROMPTS, max_new_tokens=10, batch_size=3, return_tokens=True, backend="plain", **kw)
+        compiled = wb.generate(tiny, PROMPTS, max_new_tokens=10, batch_size=3, return_tokens=True, backend="compiled", **kw)
+        assert compiled == plain
+        return compiled
+
+    baseline = both()
+    acts = wb.collect_activations(tiny, PROMPTS, layers=[1], progress=False)[:, 0]
+    vec = acts.mean(0)
+    graphs = None
+    for mode, positions in itertools.product(["add", "project", "ablate"], ["all", "prompt", "generated"]):
+        with wb.steer(tiny, vec, layer=1, coeff=6.0, mode=mode, positions=positions, target=-float(vec.norm())):
+            assert both() != baseline or positions == "prompt"
+        # one direction at one layer compiles once: other modes, strengths and positions reuse the step
+        graphs = counters["stats"]["unique_graphs"] if graphs is None else graphs
+        assert counters["stats"]["unique_graphs"] == graphs
+    with wb.steer(tiny, random_unit, layer=3, coeff=-5.0):  # another layer: still no new compile
+        both()
+    assert counters["stats"]["unique_graphs"] == graphs
+    # two directions at one layer, and resid_pre beside resid_post
+    with wb.steer(tiny, wb.SteeringSpec(unit=random_unit, layer=2, coeff=5.0), wb.SteeringSpec(unit=vec / vec.norm(), layer=2, mode="ablate")):
+        both()
+    with wb.steer(tiny, wb.SteeringSpec(unit=random_unit, layer=1, coeff=5.0), wb.SteeringSpec(unit=-random_unit, layer=3, coeff=4.0, hook="resid_pre")):
+        assert both() == run(tiny, PROMPTS, False)
+    # EOS handling and min_new_tokens
+    w_u = tiny.original_model.lm_head.weight[tiny.tokenizer.eos_token_id].detach()
+    with wb.steer(tiny, w_u, layer=3, coeff=500.0):
+        assert both() == [[], [], []]
+        assert [len(r) for r in both(min_new_tokens=4)] == [4, 4, 4]
+    with wb.steer(tiny, random_unit, layer=2, coeff=5.0, hook="resid_mid"):
+        with pytest.raises(wb.WorkbenchError, match="backend='compiled' cannot"):
+            run(tiny, PROMPTS, True, backend="compiled")

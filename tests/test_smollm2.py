@@ -46,7 +46,8 @@ def test_cached_equals_reference_under_steering(smol, title_direction):
         with wb.steer(smol, title_direction, **kw):
             cached = wb.generate(smol, prompts, max_new_tokens=12, return_tokens=True)
             reference = wb.generate(smol, prompts, max_new_tokens=12, use_cache=False, return_tokens=True)
-        assert cached == reference
+            compiled = wb.generate(smol, prompts, max_new_tokens=12, return_tokens=True, backend="compiled")
+        assert cached == reference == compiled
         assert cached != baseline
 
 

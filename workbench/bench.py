@@ -151,23 +151,29 @@ def run_bench(
             hf.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=n,
                         min_new_tokens=n, do_sample=False, pad_token_id=tok.pad_token_id)
 
-    def workbench(specs: list[SteeringSpec], use_cache: bool = True):
+    def workbench(specs: list[SteeringSpec], use_cache: bool = True, backend: str = "auto"):
         def run(batch_prompts: list[str], n: int) -> None:
             with steer(model, *specs):
                 generate(model, batch_prompts, max_new_tokens=n, min_new_tokens=n,
-                         batch_size=len(batch_prompts), use_cache=use_cache)
+                         batch_size=len(batch_prompts), use_cache=use_cache, backend=backend)
         return run
 
     variants = {
         "transformers generate, unsteered (ceiling)": plain_hf,
         "workbench, steered (add, 1 layer)": workbench(one),
         "workbench, 3 directions at 3 layers": workbench(three),
+        COMPILED: workbench(one, backend="compiled"),
     }
     rows: list[Row] = []
+    compile_seconds: dict[str, float] = {}
     plain_hf(prompts[:2], 4)  # warm-up
     workbench(one)(prompts[:2], 4)
     for n in lengths:
         for b in batches:
+            # the compiled step compiles once per batch size and cache-length bucket: time that apart
+            secs, _ = measure(lambda: variants[COMPILED](prompts[:b], n), device)
+            compile_seconds[f"b{b} x{n}"] = secs
+            say(f"  compiled step for b{b} x{n}: first call {secs:.1f} s (compile included)")
             # batch-1 rows are short: interleave `repeats` rounds of every variant and keep each
             # one's fastest, so a burst of load on a shared machine does not decide a ratio
             best: dict[str, tuple[float, float]] = {}
@@ -208,6 +214,7 @@ def run_bench(
         "model": info.name, "device": device, "machine": _machine(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "weight_bytes": wbytes, "bandwidth_gbs": bandwidth,
         "batch1_ceiling_tokens_per_s": floor_tps, "rows": [asdict(r) for r in rows], "ratios": ratios(rows),
+        "compiled_first_call_seconds": compile_seconds,
     }
     say("\n" + markdown(report))
     if out is not None:
@@ -227,6 +234,7 @@ def _fmt(r: Row) -> str:
     return f"  {r.variant:<52} b{r.batch:<3}{tokens:<6} {r.throughput:8.1f} {r.unit:<9} {r.seconds:7.2f} s  peak +{r.peak_mem_mb:.0f} MiB"
 
 
+COMPILED = "workbench compiled step, steered (add, 1 layer)"
 BATCHED = "workbench batched last-token cache, plain layers + shared prefix"
 BRIDGE_BATCHED = "workbench batched, bridge hooks, no shared prefix"
 ONE_AT_A_TIME = "one prompt at a time, run_with_cache (all hooks)"
@@ -248,6 +256,8 @@ def ratios(rows: list[Row]) -> dict[str, float]:
         out[f"steered b1 / transformers b1, {length} tokens (target >= 0.9)"] = _get(rows, steered, 1, length) / _get(rows, plain, 1, length)
         out[f"steered b{big} / steered b1, {length} tokens (target >= 4 at b16)"] = _get(rows, steered, big, length) / _get(rows, steered, 1, length)
         out[f"steered b1 / reference b1, {length} tokens (target >= 8 at 256)"] = _get(rows, steered, 1, length) / _get(rows, ref, 1, length)
+        out[f"compiled steered b1 / reference b1, {length} tokens (target >= 8 at 256)"] = _get(rows, COMPILED, 1, length) / _get(rows, ref, 1, length)
+        out[f"compiled steered b1 / transformers b1, {length} tokens"] = _get(rows, COMPILED, 1, length) / _get(rows, plain, 1, length)
     one = _get(rows, ONE_AT_A_TIME, 1, 0)
     out["batched extraction / one at a time (target >= 5)"] = _get(rows, BATCHED, 32, 0) / one
     out["batched through the bridge / one at a time (no target)"] = _get(rows, BRIDGE_BATCHED, 32, 0) / one
@@ -272,6 +282,9 @@ def markdown(report: dict[str, Any]) -> str:
         )
     lines += ["", "| ratio | value |", "|---|---|"]
     lines += [f"| {k} | {v:.2f} |" for k, v in report["ratios"].items()]
+    if report.get("compiled_first_call_seconds"):
+        firsts = ", ".join(f"{k}: {v:.0f} s" for k, v in report["compiled_first_call_seconds"].items())
+        lines += ["", f"First call of the compiled step (compile included, excluded from its rows): {firsts}."]
     return "\n".join(lines)
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .arguments import int_list
 from .errors import WorkbenchError
 
 
@@ -43,22 +44,6 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 # --- directions ---------------------------------------------------------------------------
-def _parse_layers(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    layers: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                lo, hi = part.split("-")
-                layers.extend(range(int(lo), int(hi) + 1))
-            else:
-                layers.append(int(part))
-    except ValueError:
-        raise WorkbenchError(f"--layers: cannot read {text!r} (use e.g. 10,12,20-24)") from None
-    return layers
-
-
 def _parse_kwargs(text: str | None) -> dict | None:
     if text is None:
         return None
@@ -93,7 +78,7 @@ def cmd_directions_compute(args: argparse.Namespace) -> int:
             "pick one with --instruction, or pass --pool to compute one pooled direction"
         )
     model = _load(args)
-    direction = compute_direction(model, pairs, layers=_parse_layers(args.layers), hook=args.hook, batch_size=args.batch_size)
+    direction = compute_direction(model, pairs, layers=int_list(args.layers), hook=args.hook, batch_size=args.batch_size)
     direction.save(args.out)
     best = int(direction.norms.argmax())
     print(f"wrote {args.out}: {direction!r}; largest mean difference at layer {direction.layers[best]}")
@@ -140,7 +125,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         texts = generate(
             model, args.prompt, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
             use_cache=not args.no_cache, do_sample=args.sample, temperature=args.temperature, seed=args.seed,
-            progress=len(args.prompt) > args.batch_size,
+            progress=len(args.prompt) > args.batch_size, backend=args.backend,
         )
     for prompt, text in zip(args.prompt, texts):
         if len(args.prompt) > 1:
@@ -202,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=96)
     g.add_argument("--batch-size", type=int, default=8)
     g.add_argument("--no-cache", action="store_true", help="reference loop: re-run the full sequence per token")
+    g.add_argument("--backend", default="auto", choices=("auto", "plain", "compiled", "bridge"),
+                   help="KV-cached decoding path; 'compiled' compiles the decoding step once (faster long batch-1 runs)")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=0)

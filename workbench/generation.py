@@ -13,6 +13,7 @@ from .hooks import forward_hooks
 from .interop.hf_hooks import hf_steer
 from .models.loading import model_info
 from .models.plain import plain_model_for
+from .static_decoding import static_decoder_for
 from .steering import GenerationState
 
 
@@ -77,7 +78,7 @@ def _reference_loop(model, ids, mask, max_new_tokens, min_new_tokens, eos, pad, 
     return ids
 
 
-BACKENDS = ("auto", "plain", "bridge")
+BACKENDS = ("auto", "plain", "compiled", "bridge")
 
 
 @torch.no_grad()
@@ -108,7 +109,10 @@ def generate(
     ``backend``: KV-cached generation runs on a plain ``transformers`` model sharing the
     bridge's weights, with the active steering re-applied to its decoder layers (``plain``,
     faster), or through the TransformerLens bridge (``bridge``); ``auto`` takes ``plain``
-    unless hooks are active that only the bridge can run. Both give the same tokens.
+    unless hooks are active that only the bridge can run. ``compiled`` decodes like ``plain``
+    on a static KV cache with a ``torch.compile``d step: faster per token at batch 1, after a
+    one-off compile per batch size and length bucket (:mod:`workbench.static_decoding`). All
+    give the same greedy tokens; sampling draws from the workbench's own seeded generator there.
     """
     if isinstance(prompts, str):
         prompts = [prompts]
@@ -125,9 +129,9 @@ def generate(
     if backend not in BACKENDS:
         raise WorkbenchError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     plain = plain_model_for(model) if backend != "bridge" else None
-    if backend == "plain" and plain is None:
+    if backend in ("plain", "compiled") and plain is None:
         raise WorkbenchError(
-            "backend='plain' cannot reproduce the active hooks (resid_mid steering or hooks added by hand); "
+            f"backend={backend!r} cannot reproduce the active hooks (resid_mid steering or hooks added by hand); "
             "use backend='bridge'"
         )
     tok = model.tokenizer
@@ -148,7 +152,13 @@ def generate(
         )
         if do_sample:
             torch.manual_seed(seed + start)
-        if use_cache and plain is not None:
+        if use_cache and backend == "compiled":
+            gen = torch.Generator().manual_seed(seed + start) if do_sample else None
+            out = static_decoder_for(model).generate(
+                ids, mask, info.active_specs, max_new_tokens, min_new_tokens, eos, pad,
+                lambda logits: _pick(logits, do_sample, temperature, top_p, gen),
+            )
+        elif use_cache and plain is not None:
             steering = hf_steer(plain, *info.active_specs, prompt_len=prompt_len) if info.active_specs else contextlib.nullcontext()
             with steering:
                 out = plain.generate(**hf_kwargs)

@@ -42,6 +42,30 @@ def installed_models(models: Sequence[str], say: Callable[[str], None]) -> tuple
     return runnable, skipped
 
 
+def _shape(name: str) -> tuple[str, str] | None:
+    """(layers, d_model) of a built-in model from its cached config or GGUF header, if known without loading it."""
+    from ..models.inventory import describe_model
+
+    spec = BUILTIN_MODELS.get(name)
+    if spec is None:
+        return None
+    row = describe_model(spec)
+    return None if "-" in (row.layers, row.d_model) else (row.layers, row.d_model)
+
+
+def check_transfer_shapes(source: str, targets: Sequence[str]) -> None:
+    """Fail before any run when a target's layer count or d_model differs from the source's (where both are known)."""
+    src = _shape(source)
+    if src is None:
+        return
+    bad = [f"{t} ({s[0]} layers, d_model {s[1]})" for t in targets if (s := _shape(t)) is not None and s != src]
+    if bad:
+        raise WorkbenchError(
+            f"transfer --model all --source-model {source} ({src[0]} layers, d_model {src[1]}): directions only fit "
+            f"models of the same shape, and these differ: {'; '.join(bad)}. Pass --model with matching models."
+        )
+
+
 def _number(text: str) -> Any:
     if text == "":
         return None
@@ -134,6 +158,8 @@ def run_across_models(config: ReproduceConfig, models: Sequence[str] | None = No
     runnable, skipped = installed_models(models, say)
     if not runnable:
         raise WorkbenchError("--model all: none of the models is installed (" + "; ".join(skipped.values()) + ")")
+    if config.experiment == "transfer" and config.source_model:
+        check_transfer_shapes(config.source_model, runnable)
     say(f"{config.experiment} on {len(runnable)} model(s) in turn: {', '.join(runnable)}")
     start = time.time()
     runs: dict[str, Path] = {}

@@ -9,32 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..arguments import float_list, int_list
 from ..errors import WorkbenchError
-
-
-def _ints(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    out: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                lo, hi = part.split("-")
-                out.extend(range(int(lo), int(hi) + 1))
-            else:
-                out.append(int(part))
-    except ValueError:
-        raise WorkbenchError(f"cannot read the integer list {text!r} (use e.g. 10,12,20-24)") from None
-    return out
-
-
-def _floats(text: str | None) -> list[float] | None:
-    if text is None:
-        return None
-    try:
-        return [float(x) for x in text.split(",")]
-    except ValueError:
-        raise WorkbenchError(f"cannot read the number list {text!r} (use e.g. 1,2,4)") from None
 
 
 def _ratio(text: str) -> float | None:
@@ -72,8 +48,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     cfg = ReproduceConfig(
         experiment=args.experiment, model=args.model, quick=args.quick, eval_data=args.eval_data, device=args.device,
-        out=args.out, seed=args.seed, mode=args.mode, instructions=args.instruction, targets=_ints(args.targets),
-        words=args.word, layers=_ints(args.layers), layer_stride=args.layer_stride, strengths=_floats(args.strengths),
+        out=args.out, seed=args.seed, mode=args.mode, instructions=args.instruction, targets=int_list(args.targets, "--targets"),
+        words=args.word, layers=int_list(args.layers), layer_stride=args.layer_stride, strengths=float_list(args.strengths),
         n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, max_ppl_ratio=args.max_ppl_ratio, max_degeneration=args.max_degeneration,
         reference_model=args.reference_model,
@@ -125,7 +101,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     val = load_pairs(family, args.instruction, "validation", kwargs).head(args.n_val or 40)
     mode = args.mode or ("project" if family == "format" else "add")
     settings = SweepSettings(
-        layers=_ints(args.layers) or default_layers(n, args.layer_stride), strengths=_floats(args.strengths) or [1.0],
+        layers=int_list(args.layers) or default_layers(n, args.layer_stride), strengths=float_list(args.strengths) or [1.0],
         max_new_tokens=args.max_new_tokens or 48, batch_size=args.batch_size or 20, unit_size=args.batch_size or 20,
         max_ppl_ratio=args.max_ppl_ratio, max_degeneration=args.max_degeneration, seed=args.seed,
     )

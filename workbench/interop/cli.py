@@ -12,9 +12,9 @@ from ..errors import WorkbenchError
 
 
 def _layers(text: str | None) -> list[int] | None:
-    from ..cli import _parse_layers
+    from ..arguments import int_list
 
-    return _parse_layers(text)
+    return int_list(text)
 
 
 def _span(indices: list[int]) -> str:

@@ -30,7 +30,7 @@ def _human(n_bytes: int) -> str:
     return ""
 
 
-def _describe(spec: BuiltinModel) -> ModelRow:
+def describe_model(spec: BuiltinModel) -> ModelRow:
     installed = spec.is_installed()
     folder = cache.model_cache_dir(spec.name, CONVERSION_VERSION)
     cached = cache.is_complete(folder)
@@ -76,4 +76,4 @@ def _gguf_shape(path, arch: str | None) -> tuple[str, str]:
 
 def inventory() -> list[ModelRow]:
     """One row per built-in model."""
-    return [_describe(spec) for spec in BUILTIN_MODELS.values()]
+    return [describe_model(spec) for spec in BUILTIN_MODELS.values()]

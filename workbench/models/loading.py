@@ -31,6 +31,7 @@ class ModelInfo:
     active_specs: list = field(default_factory=list)  # steering specs of open steer() blocks
     generation_state: Any = None
     plain: Any = None  # lazily built plain transformers model sharing the weights
+    static_decoder: Any = None  # lazily built compiled decoder (generate(backend="compiled"))
 
     @property
     def is_instruct(self) -> bool:
