@@ -16,6 +16,7 @@ import torch
 from jaxtyping import Float, Int
 
 from .errors import WorkbenchError
+from .models.attention import use_sdpa_gqa
 from .models.plain import build_plain_model, decoder_layers, layer_input, layer_output
 from .steering import SteeringSpec
 
@@ -84,6 +85,8 @@ class StaticDecoder:
     @classmethod
     def build(cls, bridge: Any) -> "StaticDecoder":
         plain = build_plain_model(bridge)
+        if next(plain.parameters()).device.type == "cpu":  # measured on CPU only (models/attention.py)
+            use_sdpa_gqa(plain)
         blocks = decoder_layers(plain)
         ref = next(plain.parameters())
         d_model = int(bridge.cfg.d_model)
