@@ -13,7 +13,7 @@ from .hooks import forward_hooks
 from .interop.hf_hooks import hf_steer
 from .models.loading import model_info
 from .models.plain import plain_model_for
-from .static_decoding import static_decoder_for
+from .static_decoding import next_tokens, static_decoder_for
 from .steering import GenerationState
 
 
@@ -66,13 +66,10 @@ def _reference_loop(model, ids, mask, max_new_tokens, min_new_tokens, eos, pad, 
     for step in range(max_new_tokens):
         position_ids = (mask.cumsum(-1) - 1).clamp_min(0)
         logits = model(ids, attention_mask=mask, position_ids=position_ids, return_type="logits")[:, -1]
-        if step < min_new_tokens:  # as transformers' min_new_tokens: EOS cannot be picked yet
-            logits[:, eos_t] = float("-inf")
-        nxt = _pick(logits, do_sample, temperature, top_p, gen)
-        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        nxt = next_tokens(logits, step, min_new_tokens, eos_t, done, pad,
+                          lambda lg: _pick(lg, do_sample, temperature, top_p, gen))
         ids = torch.cat([ids, nxt[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        done |= torch.isin(nxt, eos_t)
         if bool(done.all()):
             break
     return ids

@@ -17,11 +17,24 @@ from jaxtyping import Float, Int
 
 from .errors import WorkbenchError
 from .models.attention import use_sdpa_gqa
-from .models.plain import build_plain_model, decoder_layers, layer_input, layer_output
+from .models.plain import build_plain_model, decoder_layers, layer_input, layer_output, with_layer_input, with_layer_output
 from .steering import SteeringSpec
 
 BUCKET = 128  # cache lengths are rounded up to a multiple of this, so prompts of similar length share a compile
 PHASES = {"prompt": ("all", "prompt"), "generated": ("all", "generated")}
+
+
+def next_tokens(
+    logits: Float[torch.Tensor, "batch vocab"], step: int, min_new_tokens: int, eos: torch.Tensor,
+    done: torch.Tensor, pad: int, pick: Callable[[torch.Tensor], torch.Tensor],
+) -> Int[torch.Tensor, "batch"]:
+    """Each row's next token as ``transformers``' generate picks it: no EOS before ``min_new_tokens``,
+    ``pad`` after the row's EOS; rows that end now are marked in ``done`` (in place)."""
+    if step < min_new_tokens:
+        logits[:, eos] = float("-inf")
+    nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), pick(logits))
+    done |= torch.isin(nxt, eos)
+    return nxt
 
 
 class SteeringSlots:
@@ -85,10 +98,10 @@ class StaticDecoder:
     @classmethod
     def build(cls, bridge: Any) -> "StaticDecoder":
         plain = build_plain_model(bridge)
-        if next(plain.parameters()).device.type == "cpu":  # measured on CPU only (models/attention.py)
+        ref = next(plain.parameters())
+        if ref.device.type == "cpu":  # measured on CPU only (models/attention.py)
             use_sdpa_gqa(plain)
         blocks = decoder_layers(plain)
-        ref = next(plain.parameters())
         d_model = int(bridge.cfg.d_model)
         slots = SteeringSlots(len(blocks), d_model, ref.dtype, ref.device)
 
@@ -96,8 +109,7 @@ class StaticDecoder:
             def fn(module: torch.nn.Module, args: tuple, output: Any) -> Any:
                 if slots.tables["resid_post"]["a"].shape[1] == 0:
                     return None
-                x = slots.apply("resid_post", layer, layer_output(output))
-                return x if isinstance(output, torch.Tensor) else (x,) + tuple(output[1:])
+                return with_layer_output(output, slots.apply("resid_post", layer, layer_output(output)))
 
             return fn
 
@@ -105,11 +117,7 @@ class StaticDecoder:
             def fn(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
                 if slots.tables["resid_pre"]["a"].shape[1] == 0:
                     return None
-                x = layer_input(args, kwargs)
-                new = slots.apply("resid_pre", layer, x)
-                if args and args[0] is x:
-                    return (new,) + tuple(args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": new}
+                return with_layer_input(args, kwargs, slots.apply("resid_pre", layer, layer_input(args, kwargs)))
 
             return fn
 
@@ -156,11 +164,8 @@ class StaticDecoder:
         ).logits[:, -1]
         self.slots.load(specs, "generated")
         for step in range(max_new_tokens):
-            if step < min_new_tokens:
-                logits[:, eos_t] = float("-inf")
-            nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), pick(logits))
+            nxt = next_tokens(logits, step, min_new_tokens, eos_t, done, pad, pick)
             out.append(nxt[:, None])
-            done |= torch.isin(nxt, eos_t)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             position = torch.tensor([prompt_len + step], device=ids.device)

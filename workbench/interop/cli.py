@@ -8,13 +8,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..arguments import int_list
 from ..errors import WorkbenchError
-
-
-def _layers(text: str | None) -> list[int] | None:
-    from ..arguments import int_list
-
-    return int_list(text)
 
 
 def _span(indices: list[int]) -> str:
@@ -32,7 +27,7 @@ def cmd_directions_export(args: argparse.Namespace) -> int:
         raise WorkbenchError(f"--format {args.format}: only gguf (llama.cpp control vector) is supported")
     direction = Direction.load(args.file)
     mapping = export_control_vector(
-        direction, args.out, layers=_layers(args.layers), coeff=args.coeff,
+        direction, args.out, layers=int_list(args.layers), coeff=args.coeff,
         normalize=not args.raw, model_hint=args.model_hint,
     )
     indices = sorted(mapping.values())
@@ -58,7 +53,7 @@ def cmd_directions_import(args: argparse.Namespace) -> int:
         from ..models import load_model
 
         model = load_model(args.model, device=args.device or "cpu")
-    direction = import_direction(args.file, model=model, layers=_layers(args.layers), name=args.name)
+    direction = import_direction(args.file, model=model, layers=int_list(args.layers), name=args.name)
     direction.save(args.out)
     print(f"wrote {args.out}: {direction!r} (from a {kind} file)")
     return 0

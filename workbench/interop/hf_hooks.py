@@ -14,7 +14,7 @@ import torch
 
 from ..directions import Direction, LayerDirection
 from ..errors import SteeringError, WorkbenchError
-from ..models.plain import decoder_layers, layer_input, layer_output
+from ..models.plain import decoder_layers, layer_input, layer_output, with_layer_input, with_layer_output
 from ..steering import GenerationState, SteeringSpec, resolve_specs
 
 def hidden_size(hf_model: Any) -> int:
@@ -48,14 +48,6 @@ class _Positions:
         return GenerationState(prompt_len=self.prompt_len, use_cache=True, start=start)
 
 
-def _replace_hidden(output: Any, new: torch.Tensor) -> Any:
-    if isinstance(output, torch.Tensor):
-        return new
-    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
-        return (new,) + tuple(output[1:])
-    raise WorkbenchError(f"unexpected decoder-layer output of type {type(output).__name__}")
-
-
 @contextlib.contextmanager
 def hf_steer(
     hf_model: Any,
@@ -86,21 +78,17 @@ def hf_steer(
             state = None
             if spec.positions != "all":
                 state = tracker.state(x.shape[1], kwargs.get("past_key_values"), spec.layer, after_update=True)
-            return _replace_hidden(output, spec.apply(x, state))
+            return with_layer_output(output, spec.apply(x, state))
 
         return fn
 
     def pre_hook(spec: SteeringSpec):
         def fn(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
             x = layer_input(args, kwargs)
-            if args and args[0] is x:
-                put = lambda new: ((new,) + tuple(args[1:]), kwargs)  # noqa: E731
-            else:
-                put = lambda new: (args, {**kwargs, "hidden_states": new})  # noqa: E731
             state = None
             if spec.positions != "all":
                 state = tracker.state(x.shape[1], kwargs.get("past_key_values"), spec.layer, after_update=False)
-            return put(spec.apply(x, state))
+            return with_layer_input(args, kwargs, spec.apply(x, state))
 
         return fn
 

@@ -51,6 +51,22 @@ def layer_input(args: tuple, kwargs: dict) -> torch.Tensor:
     raise WorkbenchError("cannot find the hidden states passed to the decoder layer")
 
 
+def with_layer_output(output: Any, new: torch.Tensor) -> Any:
+    """A decoder layer's output with its hidden states replaced by ``new`` (for forward hooks)."""
+    if isinstance(output, torch.Tensor):
+        return new
+    if isinstance(output, tuple) and output and isinstance(output[0], torch.Tensor):
+        return (new,) + tuple(output[1:])
+    raise WorkbenchError(f"unexpected decoder-layer output of type {type(output).__name__}")
+
+
+def with_layer_input(args: tuple, kwargs: dict, new: torch.Tensor) -> tuple[tuple, dict]:
+    """A decoder layer's ``(args, kwargs)`` with the hidden states of :func:`layer_input` replaced (for pre-hooks)."""
+    if args and isinstance(args[0], torch.Tensor):
+        return (new,) + tuple(args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": new}
+
+
 def _hf_name(name: str) -> str:
     return name.replace(WRAPPER, "")
 
