@@ -77,11 +77,19 @@ def test_counts_and_ids() -> None:
 
 
 def test_every_query_gets_one_row_per_variant(all_rows: dict[str, PairDataset]) -> None:
+    """One row per (variant, query); ``per_query`` instructions give each query exactly one of their variants."""
     n_queries = len(load_queries())
     specs = load_instruction_specs()
     for family, data in all_rows.items():
-        expected = sum(len(specs[i]["variants"]) for i in list_instructions(family)) * n_queries
+        per_variant = [i for i in list_instructions(family) if specs[i].get("assign") != "per_query"]
+        per_query = [i for i in list_instructions(family) if specs[i].get("assign") == "per_query"]
+        expected = (sum(len(specs[i]["variants"]) for i in per_variant) + len(per_query)) * n_queries
         assert len(data) == expected
+        for iid in per_query:
+            rows = data.filter(instruction=iid)
+            assert sorted(rows.base_ids()) == sorted(q["id"] for q in load_queries())
+            used = {json.dumps(r.kwargs, sort_keys=True) for r in rows.filter(split="train")}
+            assert len(used) == len(specs[iid]["variants"]) >= 3, iid  # the direction sees several argument values
         for row in data:
             assert row.prompt == f"{row.prompt_without_instruction} {row.prompt[len(row.prompt_without_instruction) + 1:]}"
             assert row.eval_instruction_ids == (row.instruction_id,)

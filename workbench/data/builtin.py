@@ -81,14 +81,62 @@ def _check_family(family: str) -> None:
         raise DatasetError(f"unknown instruction family {family!r}; choose one of {', '.join(FAMILIES)}")
 
 
-def _rows_for(instruction_id: str, spec: dict[str, Any], queries: list[dict[str, str]]) -> list[PairRow]:
+def instruction_phrase(instruction_id: str, kwargs: dict[str, Any], key: str) -> str:
+    """The built-in phrasing of ``instruction_id`` with ``kwargs`` for the query ``key`` (deterministic per key).
+
+    >>> instruction_phrase("length_constraints:number_sentences", {"num_sentences": 3, "relation": "less than"}, "q001")
+    'Respond in 2 sentences or fewer.'
+    """
+    spec = load_instruction_specs()[instruction_id]
+    variant = _variant_for(instruction_id, spec, kwargs)
+    phrasings: list[str] = spec["phrasings"]
+    template = phrasings[_stable_int(f"{key}|{instruction_id}") % len(phrasings)]
+    return template.format(**{**variant["kwargs"], **variant.get("fill", {})})
+
+
+# Instructions whose argument is a free word: any word gets a variant made on the fly.
+WORD_ARGUMENTS = {"keywords:existence": "keywords", "keywords:forbidden_words": "forbidden_words"}
+
+
+def _word_variant(instruction_id: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A variant for any word or phrase (``{"keywords": [W]}``); one word or phrase per direction."""
+    arg = WORD_ARGUMENTS[instruction_id]
+    words = kwargs.get(arg)
+    if not isinstance(words, list) or len(words) != 1 or set(kwargs) != {arg}:
+        raise DatasetError(f"{instruction_id}: kwargs must be {{{arg!r}: [WORD]}} with exactly one word or phrase, got {kwargs}")
+    word = words[0]
+    if not isinstance(word, str) or not word.strip():
+        raise DatasetError(f"{instruction_id}: the word must be a non-empty string, got {word!r}")
+    if word != word.strip() or '"' in word:
+        raise DatasetError(f"{instruction_id}: the word {word!r} has surrounding spaces or a double quote")
+    return {"kwargs": {arg: [word]}, "fill": {"word": word}}
+
+
+def _variant_for(instruction_id: str, spec: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any]:
+    for variant in spec["variants"]:
+        if variant["kwargs"] == kwargs:
+            return variant
+    if instruction_id in WORD_ARGUMENTS:
+        return _word_variant(instruction_id, kwargs)
+    choices = "; ".join(json.dumps(v["kwargs"], sort_keys=True) for v in spec["variants"])
+    raise DatasetError(f"{instruction_id}: no built-in phrasing for kwargs {kwargs}; available kwargs: {choices}")
+
+
+def _rows_for(instruction_id: str, spec: dict[str, Any], queries: list[dict[str, str]],
+              variants: list[dict[str, Any]] | None = None) -> list[PairRow]:
+    """Every (variant, query) row; ``assign: per_query`` instructions give each query one variant instead,
+    so a direction is learned from several argument values, not from one."""
     splits = split_assignment()
     phrasings: list[str] = spec["phrasings"]
+    variants = spec["variants"] if variants is None else variants
+    per_query = spec.get("assign") == "per_query" and len(variants) > 1
     rows: list[PairRow] = []
-    for variant in spec["variants"]:
+    for vi, variant in enumerate(variants):
         kwargs: dict[str, Any] = variant["kwargs"]
         fill = {**kwargs, **variant.get("fill", {})}
         for q in queries:
+            if per_query and _stable_int(f"{q['id']}|{instruction_id}|variant") % len(variants) != vi:
+                continue
             template = phrasings[_stable_int(f"{q['id']}|{instruction_id}") % len(phrasings)]
             rows.append(
                 PairRow(
@@ -102,6 +150,9 @@ def _rows_for(instruction_id: str, spec: dict[str, Any], queries: list[dict[str,
                     split=splits[q["id"]],
                 )
             )
+    if per_query:  # query order, as for single-variant instructions, so head(n) mixes the argument values
+        order = {q["id"]: i for i, q in enumerate(queries)}
+        rows.sort(key=lambda r: order[r.base_id])
     return rows
 
 
@@ -123,13 +174,23 @@ def load_pairs(
     specs = load_instruction_specs()
     queries = load_queries()
     chosen = [instruction] if instruction is not None else valid
-    rows = [r for iid in chosen for r in _rows_for(iid, specs[iid], queries) if split in ("all", r.split)]
-    if kwargs:
-        rows = [r for r in rows if all(k in r.kwargs and r.kwargs[k] == v for k, v in kwargs.items())]
     name = f"builtin:{family}" + (f"/{instruction}" if instruction else "") + f"/{split}"
     if kwargs:
         name += "{" + ", ".join(f"{k}={v}" for k, v in kwargs.items()) + "}"
+    if kwargs and instruction in WORD_ARGUMENTS and set(kwargs) == {WORD_ARGUMENTS[instruction]}:
+        # any word: the rows of a variant made for it (the built-in words give the same rows as before)
+        variants = [_variant_for(instruction, specs[instruction], kwargs)]
+        rows = [r for r in _rows_for(instruction, specs[instruction], queries, variants) if split in ("all", r.split)]
+        return PairDataset(rows, name=name)
+    rows = [r for iid in chosen for r in _rows_for(iid, specs[iid], queries) if split in ("all", r.split)]
+    if kwargs:
+        rows = [r for r in rows if all(k in r.kwargs and r.kwargs[k] == v for k, v in kwargs.items())]
         if not rows:
             variants = sorted({json.dumps(v["kwargs"], sort_keys=True) for i in chosen for v in specs[i]["variants"]})
             raise DatasetError(f"{name}: no rows with these kwargs; available kwargs: {'; '.join(variants)}")
     return PairDataset(rows, name=name)
+
+
+def language_codes() -> list[str]:
+    """The languages the built-in ``language:response_language`` rows ask for (IFEval's codes), in file order."""
+    return [v["kwargs"]["language"] for v in load_instruction_specs()["language:response_language"]["variants"]]

@@ -1,7 +1,8 @@
-"""Paired prompts (with / without an instruction) and the loaders for external JSONL files.
+"""Paired prompts (with / without an instruction): the row and dataset types.
 
 A ``PairRow`` is one base query with and without an appended instruction, plus what the IFEval
 checkers should verify on a response; a ``PairDataset`` is an immutable, hashable-by-content list of them.
+External files (IFEval, paired files in either convention) are read by :mod:`workbench.data.files`.
 """
 
 from __future__ import annotations
@@ -128,9 +129,14 @@ class PairDataset(Sequence[PairRow]):
         if missing:
             raise DatasetError(
                 f"dataset {self._name}: {len(missing)} of {len(self)} rows have no prompt_without_instruction "
-                f"(first: base_id {missing[0]!r}); IFEval-schema files lack it, use a paired file"
+                f"(first: base_id {missing[0]!r}); IFEval-schema files lack it (use a paired file), and a paired row whose "
+                "prompt_without_instruction equals its prompt (a failed rewrite) loses it"
             )
         return [r.prompt_without_instruction for r in self._rows]  # type: ignore[misc]
+
+    def with_twin(self) -> PairDataset:
+        """The rows that have a prompt without the instruction (IFEval rows and failed rewrites have none)."""
+        return PairDataset([r for r in self._rows if r.prompt_without_instruction is not None], name=self._name)
 
     def instruction_ids(self) -> list[str]:
         """Sorted unique instruction ids."""
@@ -182,158 +188,3 @@ class PairDataset(Sequence[PairRow]):
         """Write the rows in the paired JSONL schema, atomically."""
         lines = [json.dumps(r.to_paired_record(), ensure_ascii=False) for r in self._rows]
         write_text_atomic(path, "".join(line + "\n" for line in lines))
-
-
-# ---------------------------------------------------------------------------------------------
-# External files
-
-
-def _read_records(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]:
-    """(1-based line number, object) for every non-blank line; DatasetError on any problem."""
-    p = Path(path)
-    if not p.is_file():
-        raise DatasetError(f"{p}: no such file")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DatasetError(f"{p}: cannot read file ({exc})") from None
-    records: list[tuple[int, dict[str, Any]]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{p} line {lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise DatasetError(f"{p} line {lineno}: expected a JSON object, got {type(obj).__name__}")
-        records.append((lineno, obj))
-    if not records:
-        raise DatasetError(f"{p}: file has no rows (empty)")
-    return records
-
-
-def _field(obj: dict[str, Any], name: str, where: str) -> Any:
-    if name not in obj:
-        raise DatasetError(f"{where}: field {name!r} missing")
-    return obj[name]
-
-
-def _str_field(obj: dict[str, Any], name: str, where: str, nullable: bool = False) -> str | None:
-    value = _field(obj, name, where)
-    if value is None and nullable:
-        return None
-    if not isinstance(value, str):
-        raise DatasetError(f"{where}: field {name!r} must be a string, got {type(value).__name__}")
-    return value
-
-
-def _id_list(obj: dict[str, Any], name: str, where: str, allow_empty: bool = False) -> list[str]:
-    value = _field(obj, name, where)
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise DatasetError(f"{where}: field {name!r} must be a list of strings")
-    if not value and not allow_empty:
-        raise DatasetError(f"{where}: field {name!r} is empty")
-    return value
-
-
-def _kwargs_list(obj: dict[str, Any], where: str) -> list[dict[str, Any]]:
-    value = _field(obj, "kwargs", where)
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        raise DatasetError(f"{where}: field 'kwargs' must be a list of objects")
-    # IFEval's own file stores unused arguments as null: the checkers want them absent.
-    return [{k: v for k, v in d.items() if v is not None} for d in value]
-
-
-def _base_id(obj: dict[str, Any], lineno: int) -> str:
-    for key in ("base_id", "key"):
-        if obj.get(key) is not None:
-            return str(obj[key])
-    return str(lineno)
-
-
-def _ifeval_rows(path: str | os.PathLike[str], records: list[tuple[int, dict[str, Any]]]) -> PairDataset:
-    rows: list[PairRow] = []
-    for lineno, obj in records:
-        where = f"{path} line {lineno}"
-        key = _field(obj, "key", where)
-        prompt = _str_field(obj, "prompt", where)
-        ids = _id_list(obj, "instruction_id_list", where)
-        kwargs = _kwargs_list(obj, where)
-        if len(kwargs) != len(ids):
-            raise DatasetError(
-                f"{where}: field 'kwargs' has {len(kwargs)} entries but 'instruction_id_list' has {len(ids)}"
-            )
-        rows.append(
-            PairRow(
-                prompt=prompt,  # type: ignore[arg-type]
-                prompt_without_instruction=None,
-                instruction_id="+".join(ids),
-                kwargs=kwargs[0],
-                base_id=str(key),
-                eval_instruction_ids=tuple(ids),
-                eval_kwargs=tuple(kwargs),
-                split=EXTERNAL_SPLIT,
-            )
-        )
-    return PairDataset(rows, name=str(path))
-
-
-def _paired_rows(path: str | os.PathLike[str], records: list[tuple[int, dict[str, Any]]]) -> PairDataset:
-    rows: list[PairRow] = []
-    for lineno, obj in records:
-        where = f"{path} line {lineno}"
-        prompt = _str_field(obj, "prompt", where)
-        without = _str_field(obj, "prompt_without_instruction", where, nullable=True)
-        ids = _id_list(obj, "instruction_id_list", where)
-        kwargs = _kwargs_list(obj, where)
-        if "instruction_id_list_for_eval" in obj:
-            eval_ids = _id_list(obj, "instruction_id_list_for_eval", where, allow_empty=True)
-        else:
-            eval_ids = ids
-        if len(kwargs) == len(eval_ids):
-            eval_kwargs = kwargs
-            first = kwargs[eval_ids.index(ids[0])] if ids[0] in eval_ids else {}
-        elif len(kwargs) == len(ids):
-            first = kwargs[0]
-            eval_kwargs = [kwargs[ids.index(i)] if i in ids else {} for i in eval_ids]
-        else:
-            raise DatasetError(
-                f"{where}: field 'kwargs' has {len(kwargs)} entries but 'instruction_id_list' has {len(ids)}"
-                f" and 'instruction_id_list_for_eval' has {len(eval_ids)}"
-            )
-        rows.append(
-            PairRow(
-                prompt=prompt,  # type: ignore[arg-type]
-                prompt_without_instruction=without,
-                instruction_id="+".join(ids),
-                kwargs=first,
-                base_id=_base_id(obj, lineno),
-                eval_instruction_ids=tuple(eval_ids),
-                eval_kwargs=tuple(eval_kwargs),
-                split=EXTERNAL_SPLIT,
-            )
-        )
-    return PairDataset(rows, name=str(path))
-
-
-def load_ifeval_jsonl(path: str | os.PathLike[str]) -> PairDataset:
-    """Load an IFEval-schema file (``key``, ``prompt``, ``instruction_id_list``, ``kwargs``)."""
-    return _ifeval_rows(path, _read_records(path))
-
-
-def load_paired_jsonl(path: str | os.PathLike[str]) -> PairDataset:
-    """Load a paired file (``prompt``, ``prompt_without_instruction``, ``instruction_id_list``, ``kwargs``).
-
-    With ``instruction_id_list_for_eval`` the checks come from it; ``kwargs`` is aligned with that
-    list when the lengths match, else with ``instruction_id_list``.
-    """
-    return _paired_rows(path, _read_records(path))
-
-
-def load_pairs_file(path: str | os.PathLike[str]) -> PairDataset:
-    """Load a JSONL file of either schema; a first row with ``prompt_without_instruction`` means paired."""
-    records = _read_records(path)
-    if "prompt_without_instruction" in records[0][1]:
-        return _paired_rows(path, records)
-    return _ifeval_rows(path, records)
