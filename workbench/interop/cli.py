@@ -19,12 +19,14 @@ def _span(indices: list[int]) -> str:
 
 
 def cmd_directions_export(args: argparse.Namespace) -> int:
-    """Write a workbench direction file as a llama.cpp control-vector GGUF."""
+    """Write a workbench direction file as a llama.cpp control-vector GGUF or an lm-eval steer file."""
     from ..directions import Direction
     from .gguf_control import export_control_vector
 
-    if args.format != "gguf":
-        raise WorkbenchError(f"--format {args.format}: only gguf (llama.cpp control vector) is supported")
+    if args.format == "lm-eval":
+        return _export_lm_eval(args)
+    if args.mode not in (None, "add") or args.target is not None:
+        raise WorkbenchError("--mode/--target: llama.cpp control vectors only add (use --format lm-eval for project/ablate)")
     direction = Direction.load(args.file)
     mapping = export_control_vector(
         direction, args.out, layers=int_list(args.layers), coeff=args.coeff,
@@ -47,32 +49,89 @@ def cmd_directions_import(args: argparse.Namespace) -> int:
     """Read a GGUF control vector, safetensors or torch file (detected by content) into a workbench direction file."""
     from .torch_vectors import detect_format, import_direction
 
+    from .lm_eval import is_lm_eval_file
+
     kind = detect_format(args.file)
+    if args.format == "lm-eval" or (args.format == "auto" and kind == "torch" and is_lm_eval_file(args.file)):
+        kind = "lm-eval"
     model: Any | None = None
     if args.model:
         from ..models import load_model
 
         model = load_model(args.model, device=args.device or "cpu")
+    if kind == "lm-eval":
+        return _import_lm_eval(args, model)
     direction = import_direction(args.file, model=model, layers=int_list(args.layers), name=args.name)
     direction.save(args.out)
     print(f"wrote {args.out}: {direction!r} (from a {kind} file)")
     return 0
 
 
+def _export_lm_eval(args: argparse.Namespace) -> int:
+    """``--format lm-eval``: the steer_path file of lm-eval's ``steered`` model."""
+    from ..directions import Direction
+    from .lm_eval import export_lm_eval
+
+    if args.raw and args.mode not in (None, "add"):
+        raise WorkbenchError("--raw applies to add mode (clamp normalises the vector anyway)")
+    direction = Direction.load(args.file)
+    model: Any | None = None
+    if args.model:
+        from ..models import load_model
+
+        model = load_model(args.model, device="cpu")
+    mapping = export_lm_eval(
+        direction, args.out, layers=int_list(args.layers, "--layer"), mode=args.mode or "add", coeff=args.coeff,
+        target=args.target, normalize=not args.raw, model=model, model_type=args.model_type,
+    )
+    hooks = ", ".join(f"blocks.{L}.hook_{direction.hook} -> {hp}" for L, hp in sorted(mapping.items()))
+    print(f"wrote {args.out}: {direction!r}, mode {args.mode or 'add'} ({hooks})")
+    print(f"lm-eval: lm_eval --model steered --model_args pretrained=MODEL_DIR,steer_path={args.out} --tasks ifeval")
+    return 0
+
+
+def _import_lm_eval(args: argparse.Namespace, model: Any | None) -> int:
+    """Read an lm-eval steer file (checked entirely before anything is written)."""
+    from .lm_eval import lm_eval_specs, load_lm_eval
+
+    if args.layers is not None:
+        raise WorkbenchError("--layers: an lm-eval steer file names its layers in its hookpoints")
+    direction = load_lm_eval(args.file, model=model, name=args.name)
+    specs = lm_eval_specs(direction)
+    direction.save(args.out)
+    print(f"wrote {args.out}: {direction!r} (from an lm-eval steer file)")
+    for spec in specs:
+        how = f"--mode add --coeff {spec.coeff:g}" if spec.mode == "add" else f"--mode project --target {spec.target:g}"
+        print(f"  lm-eval's steering at layer {spec.layer}: workbench generate --steer {args.out} --layer {spec.layer} {how}")
+    return 0
+
+
 def register(dsub: Any) -> None:
     """Add ``export`` and ``import`` to the ``directions`` subparsers (an ``argparse`` subparsers action)."""
-    e = dsub.add_parser("export", help="write a direction as a llama.cpp control vector (GGUF)")
+    e = dsub.add_parser("export", help="write a direction as a llama.cpp control vector (GGUF) or an lm-eval steer file")
     e.add_argument("file", help="workbench direction file (.safetensors)")
-    e.add_argument("--format", default="gguf", choices=("gguf",), help="output format (default gguf)")
-    e.add_argument("--out", required=True, help="output file, e.g. title.gguf")
-    e.add_argument("--layers", help="layers to write, e.g. 10,12,20-24 (default: every layer llama.cpp can steer)")
+    e.add_argument("--format", default="gguf", choices=("gguf", "lm-eval"),
+                   help="gguf: llama.cpp control vector (default); lm-eval: steer_path .pt of lm-eval's steered model")
+    e.add_argument("--out", required=True, help="output file, e.g. title.gguf or title.pt")
+    e.add_argument("--layers", "--layer", dest="layers",
+                   help="layers to write, e.g. 10,12,20-24 (gguf default: every layer llama.cpp can steer; "
+                   "lm-eval: required unless the direction has one layer)")
     e.add_argument("--coeff", type=float, default=1.0, help="strength folded into the vectors (default 1.0)")
     e.add_argument("--raw", action="store_true", help="write the raw mean differences (times --coeff), not unit vectors")
     e.add_argument("--model-hint", default=None, help="llama.cpp architecture name stored in the file (default llama)")
+    e.add_argument("--mode", default=None, choices=("add", "project", "ablate"),
+                   help="lm-eval: add (action add), project (action clamp to --target) or ablate (clamp to 0)")
+    e.add_argument("--target", type=float, default=None,
+                   help="lm-eval project mode: projection to clamp to (default: the direction's proj_with)")
+    e.add_argument("--model", default=None, help="lm-eval: derive hookpoint names from this model and check the direction fits it")
+    e.add_argument("--model-type", default=None,
+                   help="lm-eval: hookpoint naming of this config.model_type without loading a model (default llama: layers.N)")
     e.set_defaults(func=cmd_directions_export)
 
-    i = dsub.add_parser("import", help="read a GGUF control vector, safetensors or torch file into a direction file")
+    i = dsub.add_parser("import", help="read a GGUF control vector, lm-eval steer file, safetensors or torch file into a direction file")
     i.add_argument("file", help="vector file; the format is detected from its content")
+    i.add_argument("--format", default="auto", choices=("auto", "lm-eval"),
+                   help="auto: detect from content (default); lm-eval: insist on an lm-eval steer file")
     i.add_argument("--out", required=True, help="output workbench direction file (.safetensors)")
     i.add_argument("--model", default=None, help="check d_model and layers against this model and record its name")
     i.add_argument("--device", default=None, help="device for --model (default cpu)")
