@@ -12,7 +12,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from .errors import DatasetError, ShapeError, WorkbenchError
-from .hooks import check_layers, forward_hooks, hook_name
+from .hooks import RESID_HOOKS, check_layers, forward_hooks, hook_name
 from .io import load_tensors, save_tensors
 from .models.loading import model_info
 from .models.plain import decoder_layers, layer_input, layer_output, plain_model_for
@@ -105,6 +105,8 @@ def collect_activations(
     progress: bool = True,
     backend: str = "auto",
     share_prefix: bool = True,
+    truncate: str | None = None,
+    parse_special_tokens: bool = False,
 ) -> Float[torch.Tensor, "n_prompts n_layers *k d_model"]:
     """Run ``prompts`` (formatted with the model's prompt style) and keep the last token's activations.
 
@@ -115,16 +117,27 @@ def collect_activations(
     per-module overhead) unless steering or hand-added hooks are active, which only the bridge
     (``backend="bridge"``) runs. There, with ``share_prefix``, the tokens all prompts start with
     (a chat template's system prompt) are run once and reused from a KV cache.
+
+    A prompt longer than the model's context (``cfg.n_ctx``) raises ``ContextLengthError``
+    before anything runs; ``truncate="left"`` keeps its last ``n_ctx`` tokens and warns.
+    Special tokens inside user texts are text unless ``parse_special_tokens`` (as in ``generate``).
+
+    >>> acts = collect_activations(model, ["Hi.", "Write a poem."], layers=[10, 20])  # [2, 2, d_model]
     """
+    from .generation import check_count
+
+    if prompts is None or isinstance(prompts, (bytes, dict)) or not isinstance(prompts, (str, Sequence)):
+        raise DatasetError(f"collect_activations: prompts must be a string or a list of strings, got {type(prompts).__name__}")
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
     if not prompts:
         raise DatasetError("collect_activations: no prompts given")
     layers = check_layers(model, layers)
-    if batch_size < 1:
-        raise WorkbenchError(f"batch_size must be >= 1, got {batch_size}")
-    k = 1 if last_k is None else int(last_k)
+    if hook not in RESID_HOOKS:
+        raise WorkbenchError(f"unknown hook {hook!r}; choose one of {RESID_HOOKS}")
+    batch_size = check_count("batch_size", batch_size)
+    k = 1 if last_k is None else check_count("last_k", last_k)
     formatter = model_info(model).formatter
     plain = _extraction_model(model, hook, backend)
     d_model = int(model.cfg.d_model)
@@ -132,7 +145,8 @@ def collect_activations(
     device = model.cfg.device
     # Tokenise once and batch prompts of similar length together (less padding); results go
     # back to the caller's order.
-    all_ids, all_mask = formatter.encode(prompts, padding_side="right", formatted=formatted)
+    all_ids, all_mask = formatter.encode(prompts, padding_side="right", formatted=formatted, max_tokens=int(model.cfg.n_ctx),
+                                         truncate=truncate, parse_special_tokens=parse_special_tokens)
     all_lengths = all_mask.sum(1)
     if k > int(all_lengths.min()):
         raise ShapeError(f"last_k={k} is longer than the shortest prompt ({int(all_lengths.min())} tokens)")

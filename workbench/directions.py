@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,7 +13,7 @@ from jaxtyping import Float
 
 from .activations import collect_activations
 from .errors import DatasetError, LayerError, ShapeError, SteeringError, VectorFileError
-from .hooks import check_layers
+from .hooks import RESID_HOOKS, check_layers
 from .io import load_tensors, save_tensors
 from .models.loading import model_info
 from .version import __version__
@@ -72,6 +73,26 @@ class Direction:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.vectors, torch.Tensor):
+            raise ShapeError(f"direction {self.name!r}: vectors must be a tensor, got {type(self.vectors).__name__}")
+        for label, value in (("d_model", self.d_model), ("n_model_layers", self.n_model_layers)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+                raise ShapeError(f"direction {self.name!r}: {label} must be a positive integer, got {value!r}")
+        if any(isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in self.layers):
+            raise LayerError(f"direction {self.name!r}: layers must be integers, got {list(self.layers)!r}")
+        if len(set(self.layers)) != len(self.layers):
+            repeated = sorted({x for x in self.layers if self.layers.count(x) > 1})
+            raise LayerError(f"direction {self.name!r}: layer(s) {repeated} given more than once")
+        if self.layers and (min(self.layers) < 0 or max(self.layers) >= self.n_model_layers):
+            raise LayerError(
+                f"direction {self.name!r}: layers {_ranges(self.layers)} do not fit a {self.n_model_layers}-layer model"
+            )
+        if not isinstance(self.extra, dict):
+            raise ShapeError(f"direction {self.name!r}: extra must be a dict, got {type(self.extra).__name__}")
+        for label, value in (("proj_with", self.proj_with), ("proj_without", self.proj_without)):
+            if value is not None and (not isinstance(value, torch.Tensor) or tuple(value.shape) != (len(self.layers),)):
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ShapeError(f"direction {self.name!r}: {label} has shape {shape}, expected ({len(self.layers)},)")
         if self.vectors.dim() != 2 or self.vectors.shape != (len(self.layers), self.d_model):
             raise ShapeError(
                 f"direction {self.name!r}: vectors have shape {tuple(self.vectors.shape)}, "
@@ -200,27 +221,43 @@ class Direction:
         """Read a direction file; with ``model``, also check that it fits that model."""
         tensors, meta = load_tensors(path, "direction")
         try:
+            layers = meta["layers"]
+            if not isinstance(layers, list):
+                raise VectorFileError(f"{path}: metadata 'layers' must be a list of integers, got {layers!r}")
+            extra = meta.get("extra", {})
+            if not isinstance(extra, dict):
+                raise VectorFileError(f"{path}: metadata 'extra' must be a JSON object, got {type(extra).__name__}")
+            hook = str(meta.get("hook", "resid_post"))
+            if hook not in RESID_HOOKS:
+                raise VectorFileError(f"{path}: metadata 'hook' is {hook!r}; expected one of {RESID_HOOKS}")
             direction = cls(
                 vectors=tensors["vectors"].float(),
-                layers=tuple(int(x) for x in meta["layers"]),
+                layers=tuple(_meta_int(path, "layers", x) for x in layers),
                 name=str(meta["name"]),
                 model_name=str(meta["model_name"]),
-                d_model=int(meta["d_model"]),
-                n_model_layers=int(meta["n_layers"]),
-                hook=str(meta.get("hook", "resid_post")),
+                d_model=_meta_int(path, "d_model", meta["d_model"]),
+                n_model_layers=_meta_int(path, "n_layers", meta["n_layers"]),
+                hook=hook,
                 proj_with=tensors.get("proj_with"),
                 proj_without=tensors.get("proj_without"),
-                n_pairs=int(meta.get("n_pairs", 0)),
+                n_pairs=_meta_int(path, "n_pairs", meta.get("n_pairs", 0)),
                 data_hash=str(meta.get("data_hash", "")),
-                extra=dict(meta.get("extra", {})),
+                extra=dict(extra),
             )
         except KeyError as exc:
             raise VectorFileError(f"{path}: direction file lacks {exc}") from None
-        except (ShapeError, SteeringError) as exc:
+        except (ShapeError, SteeringError, LayerError) as exc:
             raise VectorFileError(f"{path}: {exc}") from None
         if model is not None:
             direction.check_compatible(model)
         return direction
+
+
+def _meta_int(path: str | Path, key: str, value: Any) -> int:
+    """An integer field of a direction file's metadata, or a ``VectorFileError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise VectorFileError(f"{path}: metadata {key!r} must hold integers, got {value!r}")
+    return int(value)
 
 
 def _ranges(layers: Sequence[int]) -> str:
@@ -250,6 +287,12 @@ def direction_from_activations(
     if with_acts.shape[0] == 0:
         raise DatasetError(f"direction {name!r}: no pairs")
     vectors = (with_acts - without_acts).mean(0)
+    scale = float(with_acts.norm(dim=-1).mean())
+    if float(vectors.norm(dim=-1).max()) <= 1e-6 * max(scale, 1e-12):
+        raise DatasetError(
+            f"direction {name!r}: the mean difference is zero at every layer (the prompts with and without "
+            "the instruction give the same activations), so there is no direction to save"
+        )
     units = vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     proj_with = torch.einsum("nld,ld->nl", with_acts, units).mean(0)
     proj_without = torch.einsum("nld,ld->nl", without_acts, units).mean(0)
@@ -276,12 +319,39 @@ def pair_activations(
     hook: str = "resid_post",
     batch_size: int = 16,
     progress: bool = True,
+    truncate: str | None = None,
 ) -> tuple[Float[torch.Tensor, "n n_layers d_model"], Float[torch.Tensor, "n n_layers d_model"]]:
-    """Last-token activations of every pair's prompt with and without its instruction."""
+    """Last-token activations of every pair's prompt with and without its instruction.
+
+    Every prompt is checked against the model's context before either set runs (``truncate``
+    as in :func:`~workbench.activations.collect_activations`).
+    """
     pairs.require_nonempty("pair_activations")
-    kw = dict(layers=layers, hook=hook, batch_size=batch_size, progress=progress)
+    kw = dict(layers=layers, hook=hook, batch_size=batch_size, progress=progress, truncate=truncate)
     without_prompts = pairs.prompts_without_instruction()  # fails early if rows lack it
+    if truncate is None:  # refuse a prompt past the context before the first set is computed
+        model_info(model).formatter.token_rows([*pairs.prompts(), *without_prompts], max_tokens=int(model.cfg.n_ctx))
     return collect_activations(model, pairs.prompts(), **kw), collect_activations(model, without_prompts, **kw)
+
+
+def check_distinct_layers(layers: Sequence[int]) -> list[int]:
+    """Refuse a layer list that names a layer twice (``--layers 1,1,2``): a direction has one vector per layer."""
+    layers = list(layers)
+    repeated = sorted({x for x in layers if layers.count(x) > 1})
+    if repeated:
+        raise LayerError(f"layers: {', '.join(map(str, repeated))} given more than once ({_ranges(layers)})")
+    return layers
+
+
+def check_pairs_differ(pairs: Any) -> None:
+    """Refuse, before any activation is computed, pairs whose prompts equal their instruction-free twins."""
+    without = pairs.prompts_without_instruction()
+    same = sum(a == b for a, b in zip(pairs.prompts(), without))
+    if same == len(without):
+        raise DatasetError(
+            f"every one of the {same} pairs has the same prompt with and without the instruction; "
+            "the mean difference would be zero (is 'prompt_without_instruction' filled in right?)"
+        )
 
 
 def compute_direction(
@@ -292,15 +362,23 @@ def compute_direction(
     name: str | None = None,
     batch_size: int = 16,
     progress: bool = True,
+    truncate: str | None = None,
 ) -> Direction:
-    """One direction from all rows of ``pairs`` (a ``PairDataset``), pooled over phrasings."""
+    """One direction from all rows of ``pairs`` (a ``PairDataset``), pooled over phrasings.
+
+    Refused before any work: repeated layers, pairs whose two prompts are all identical, prompts
+    past the model's context (unless ``truncate="left"``); afterwards, an all-zero difference.
+
+    >>> title = compute_direction(model, load_pairs("format", "detectable_format:title"))
+    """
     if len(pairs) == 0:
         raise DatasetError("compute_direction: the pair dataset is empty")
-    layers = check_layers(model, layers)
+    layers = check_distinct_layers(check_layers(model, layers))
+    check_pairs_differ(pairs)
     ids = pairs.instruction_ids()
     if name is None:
         name = ids[0] if len(ids) == 1 else "+".join(ids)
-    with_acts, without_acts = pair_activations(model, pairs, layers, hook, batch_size, progress)
+    with_acts, without_acts = pair_activations(model, pairs, layers, hook, batch_size, progress, truncate)
     return direction_from_activations(
         with_acts,
         without_acts,

@@ -12,6 +12,7 @@ from .errors import WorkbenchError
 from .hooks import forward_hooks
 from .interop.hf_hooks import hf_steer
 from .models.loading import model_info
+from .models.prompts import ContextLengthError
 from .models.plain import plain_model_for
 from .static_decoding import next_tokens, static_decoder_for
 from .steering import GenerationState
@@ -78,6 +79,17 @@ def _reference_loop(model, ids, mask, max_new_tokens, min_new_tokens, eos, pad, 
 BACKENDS = ("auto", "plain", "compiled", "bridge")
 
 
+def check_count(name: str, value: Any, minimum: int = 1) -> int:
+    """An integer argument ``>= minimum`` (``max_new_tokens``, ``batch_size``...), else a one-line error."""
+    if isinstance(value, bool) or not isinstance(value, (int, torch.Tensor)) or (
+        isinstance(value, torch.Tensor) and (value.numel() != 1 or value.is_floating_point())
+    ):
+        raise WorkbenchError(f"{name} must be an integer, got {value!r}")
+    if int(value) < minimum:
+        raise WorkbenchError(f"{name} must be >= {minimum}, got {int(value)}")
+    return int(value)
+
+
 @torch.no_grad()
 def generate(
     model: Any,
@@ -94,6 +106,8 @@ def generate(
     return_tokens: bool = False,
     backend: str = "auto",
     min_new_tokens: int = 0,
+    truncate: str | None = None,
+    parse_special_tokens: bool = False,
 ) -> list[str] | list[list[int]]:
     """Generate a response for each user text (prompt excluded from the output).
 
@@ -110,16 +124,30 @@ def generate(
     on a static KV cache with a ``torch.compile``d step: faster per token at batch 1, after a
     one-off compile per batch size and length bucket (:mod:`workbench.static_decoding`). All
     give the same greedy tokens; sampling draws from the workbench's own seeded generator there.
+
+    A prompt whose tokens plus ``max_new_tokens`` exceed the model's context (``cfg.n_ctx``)
+    raises :class:`~workbench.models.prompts.ContextLengthError` before anything runs;
+    ``truncate="left"`` drops its earliest tokens instead and warns how many. Special tokens
+    written in a user text (``<|im_start|>``) are tokenised as plain text, so a prompt cannot
+    forge chat turns; ``parse_special_tokens=True`` parses them (``formatted=True`` prompts,
+    full templates, always are).
+
+    >>> generate(model, ["Describe a rainy afternoon."], max_new_tokens=32)
     """
+    if prompts is None or isinstance(prompts, (bytes, dict)) or not isinstance(prompts, (str, Sequence)):
+        raise WorkbenchError(f"generate: prompts must be a string or a list of strings, got {type(prompts).__name__}")
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
     if not prompts:
         raise WorkbenchError("generate: no prompts given")
-    if max_new_tokens < 1:
-        raise WorkbenchError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if batch_size < 1:
-        raise WorkbenchError(f"batch_size must be >= 1, got {batch_size}")
+    max_new_tokens = check_count("max_new_tokens", max_new_tokens)
+    batch_size = check_count("batch_size", batch_size)
+    min_new_tokens = check_count("min_new_tokens", min_new_tokens, minimum=0)
+    seed = check_count("seed", seed, minimum=-(2**63))
+    for label, value in (("temperature", temperature), ("top_p", top_p)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise WorkbenchError(f"{label} must be a number, got {value!r}")
     if do_sample and not (temperature > 0 and 0 < top_p <= 1):
         raise WorkbenchError("sampling needs temperature > 0 and 0 < top_p <= 1")
     info = model_info(model)
@@ -131,6 +159,10 @@ def generate(
             f"backend={backend!r} cannot reproduce the active hooks (resid_mid steering or hooks added by hand); "
             "use backend='bridge'"
         )
+    n_ctx = int(model.cfg.n_ctx)
+    if max_new_tokens >= n_ctx:
+        raise ContextLengthError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the {n_ctx}-token context")
+    rows = info.formatter.token_rows(prompts, formatted, n_ctx - max_new_tokens, truncate, parse_special_tokens)
     tok = model.tokenizer
     eos = eos_token_ids(model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
@@ -138,8 +170,7 @@ def generate(
     results: list[list[int]] = []
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc="generate", disable=not progress, unit="batch"):
-        batch = prompts[start : start + batch_size]
-        ids, mask = info.formatter.encode(batch, padding_side="left", formatted=formatted)
+        ids, mask = info.formatter.pad(rows[start : start + batch_size], padding_side="left")
         ids, mask = ids.to(device), mask.to(device)
         prompt_len = ids.shape[1]
         hf_kwargs = dict(

@@ -13,22 +13,66 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import VectorFileError
+from .errors import VectorFileError, WorkbenchError
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it: there is no getter)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Refuse, before any work starts, an output file path that is a folder or lies under a file.
+
+    >>> check_output_file("title.safetensors")
+    PosixPath('title.safetensors')
+    """
+    path = Path(path)
+    if str(path) in ("", "."):
+        raise WorkbenchError(f"{flag}: give a file name")
+    if path.is_dir():
+        raise WorkbenchError(f"{flag} {path}: is a directory; give a file path such as {path / 'out.safetensors'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise WorkbenchError(f"{flag} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK):
+                raise WorkbenchError(f"{flag} {path}: cannot write in {parent}")
+            break
+    return path
+
+
+def check_output_dir(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Refuse, before any work starts, an output folder path that is an existing file or lies under one."""
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                what = "is a file" if candidate == path else f"lies under {candidate}, which is a file"
+                raise WorkbenchError(f"{flag} {path}: {what}; give a folder")
+            if not os.access(candidate, os.W_OK):
+                raise WorkbenchError(f"{flag} {path}: cannot write in {candidate}")
+            break
+    return path
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
 
-    An interruption leaves either the old file or the new one, never a half-written file.
+    An interruption leaves either the old file or the new one, never a half-written file. The
+    file gets the permissions of an ordinary write (``0666`` less the umask), not ``mkstemp``'s 0600.
     """
-    path = Path(path)
+    path = check_output_file(path, "output")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -53,6 +97,20 @@ def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta
         save_file(tensors, str(tmp), metadata={"workbench": json.dumps(metadata)})
 
 
+FOREIGN_SUFFIXES = (".gguf", ".pt", ".pth", ".bin", ".ckpt", ".npy", ".npz", ".pkl")
+
+
+def _foreign_magic(path: Path) -> bool:
+    """Whether a file starts like a GGUF, a torch zip archive or a pickle (other tools' vector files)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    pickle = len(head) >= 3 and head[0] == 0x80 and head[1] in (2, 3, 4, 5) and head[2] != 0  # not a safetensors length
+    return head.startswith((b"GGUF", b"PK\x03\x04")) or pickle
+
+
 def load_tensors(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Load a safetensors file written by :func:`save_tensors`; ``kind`` must match ``metadata['kind']``.
 
@@ -68,13 +126,23 @@ def load_tensors(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Te
         with safe_open(str(path), framework="pt") as f:
             raw_meta = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
+        if path.suffix.lower() in FOREIGN_SUFFIXES or _foreign_magic(path):
+            raise VectorFileError(
+                f"{path}: a {path.suffix} file is not a workbench {kind} file; convert it first with "
+                f"`workbench directions import {path} --out {path.with_suffix('.safetensors').name}`"
+            ) from None
         raise VectorFileError(f"{path}: not a readable safetensors file ({exc})") from None
     if "workbench" not in raw_meta:
-        raise VectorFileError(f"{path}: safetensors file has no workbench metadata (not written by workbench)")
+        raise VectorFileError(
+            f"{path}: safetensors file has no workbench metadata (not written by workbench; "
+            "`workbench directions import` converts other tools' vectors)"
+        )
     try:
         metadata = json.loads(raw_meta["workbench"])
     except json.JSONDecodeError as exc:
         raise VectorFileError(f"{path}: corrupt workbench metadata ({exc})") from None
+    if not isinstance(metadata, dict):
+        raise VectorFileError(f"{path}: workbench metadata is a JSON {type(metadata).__name__}, expected an object")
     if metadata.get("kind") != kind:
         raise VectorFileError(f"{path}: holds {metadata.get('kind')!r}, expected {kind!r}")
     return tensors, metadata

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -70,9 +72,13 @@ class SteeringSpec:
                 f"{self.name}: project mode needs a target projection; this direction stores none "
                 "(pass target=...)"
             )
+        _as_layer(self.layer)
         for label, value in (("coeff", self.coeff), ("target", self.target)):
-            if value is not None and not torch.isfinite(torch.tensor(float(value))):
-                raise SteeringError(f"{self.name}: {label} is {value}")
+            if value is not None:
+                try:
+                    _as_number(label, value)
+                except SteeringError as exc:
+                    raise SteeringError(f"{self.name}: {exc}") from None
 
     def apply(self, x: Float[torch.Tensor, "batch pos d_model"], state: GenerationState | None) -> torch.Tensor:
         """The steered residual stream."""
@@ -107,9 +113,17 @@ def make_spec(
     target: float | None = None,
     hook: str = "resid_post",
 ) -> SteeringSpec:
-    """Build a :class:`SteeringSpec` from a direction object or a plain ``[d_model]`` tensor."""
+    """Build a :class:`SteeringSpec` from a direction object or a plain ``[d_model]`` tensor.
+
+    ``layer`` must be an integer (``1.7`` is an error, not layer 1); ``coeff`` and ``target`` numbers.
+
+    >>> spec = make_spec(title, layer=26, mode="project")
+    """
     if isinstance(direction, SteeringSpec):
         return direction
+    layer = _as_layer(layer)
+    coeff = _as_number("coeff", coeff)
+    target = None if target is None else _as_number("target", target)
     if isinstance(direction, Direction):
         if layer is None:
             if len(direction.layers) != 1:
@@ -136,6 +150,29 @@ def make_spec(
             positions=positions, target=target, hook=hook, name="tensor",
         )
     raise SteeringError(f"cannot steer with a {type(direction).__name__}; pass a Direction or a tensor")
+
+
+def _as_layer(layer: Any) -> int | None:
+    """``layer`` as an int: Python or NumPy integers and one-element integer tensors; None stays None."""
+    if layer is None:
+        return None
+    if isinstance(layer, torch.Tensor) and layer.numel() == 1 and not layer.is_floating_point() and layer.dtype != torch.bool:
+        return int(layer)
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+        raise LayerError(f"layer must be an integer, got {layer!r}")
+    return int(layer)
+
+
+def _as_number(label: str, value: Any) -> float:
+    """A finite real number (Python, NumPy or a one-element tensor), else a ``SteeringError``."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise SteeringError(f"{label} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise SteeringError(f"{label} is {value}")
+    return value
 
 
 def resolve_specs(

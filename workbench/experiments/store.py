@@ -11,7 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from ..errors import DatasetError
 
@@ -27,11 +27,28 @@ def _clean(value: Any) -> Any:
     return value
 
 
-class UnitStore:
-    """Records keyed by ``record["key"]`` in a JSONL file; later lines win over earlier ones."""
+# Fields every line of a sweep's ``sweep.jsonl`` holds (``Unit.record`` plus ``compute_unit``).
+SWEEP_UNIT_FIELDS = ("key", "target", "instruction_id", "layer", "coeff", "mode", "strict", "loose", "perplexity",
+                     "degeneration")
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+
+class UnitStore:
+    """Records keyed by ``record["key"]`` in a JSONL file; a key met again on read is dropped (the later line wins).
+
+    ``required``: fields each record must have, checked when the file is read (before any unit
+    runs), so a hand-edited line fails at once naming its line, not with a ``KeyError`` after
+    the sweep. Default: :data:`SWEEP_UNIT_FIELDS` for a file called ``sweep.jsonl``, else none.
+
+    >>> store = UnitStore("results/smollm2/format/sweep.jsonl")
+    >>> done = store.load()  # {key: record}
+    """
+
+    def __init__(self, path: str | os.PathLike[str], required: Sequence[str] | None = None) -> None:
         self.path = Path(path)
+        if required is None:
+            required = SWEEP_UNIT_FIELDS if self.path.name == "sweep.jsonl" else ("key",)
+        self.required = tuple(required)
+        self.duplicates = 0  # lines whose key an earlier line already had (found on the last read)
         self._records: dict[str, dict[str, Any]] | None = None
 
     def load(self) -> dict[str, dict[str, Any]]:
@@ -39,6 +56,9 @@ class UnitStore:
         if self._records is not None:
             return self._records
         records: dict[str, dict[str, Any]] = {}
+        self.duplicates = 0
+        if self.path.is_dir():
+            raise DatasetError(f"{self.path}: is a directory, expected a JSONL file")
         if self.path.is_file():
             data = self.path.read_bytes()
             cut = data.rfind(b"\n") + 1  # everything before `cut` is whole lines
@@ -48,17 +68,35 @@ class UnitStore:
                 obj = self._parse(raw)
                 if obj is None:
                     raise DatasetError(f"{self.path} line {lineno}: corrupt record (not a truncated last line)")
+                self._check(obj, lineno)
+                if obj["key"] in records:
+                    self.duplicates += 1
+                    del records[obj["key"]]  # the later line wins, at its own place in the order
                 records[obj["key"]] = obj
             tail = data[cut:]
             if tail.strip():  # the line being written when the run stopped
                 obj = self._parse(tail)
                 if obj is not None:  # complete but for its newline: keep it
+                    self._check(obj, data[:cut].count(b"\n") + 1)
+                    if obj["key"] in records:
+                        self.duplicates += 1
+                        del records[obj["key"]]
                     records[obj["key"]] = obj
                     self._repair(data + b"\n")
                 else:
                     self._repair(data[:cut])
         self._records = records
         return records
+
+    def _check(self, obj: dict[str, Any], lineno: int) -> None:
+        missing = [f for f in self.required if f not in obj]
+        if missing:
+            raise DatasetError(
+                f"{self.path} line {lineno}: record {str(obj.get('key'))[:60]!r} lacks {', '.join(missing)} "
+                "(not a unit record of this workbench; remove the line or the file to rerun it)"
+            )
+        if not isinstance(obj["key"], str):
+            raise DatasetError(f"{self.path} line {lineno}: 'key' must be a string, got {type(obj['key']).__name__}")
 
     @staticmethod
     def _parse(raw: bytes) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -45,21 +46,134 @@ class PromptFormatter:
         """Chat templates write their own BOS; other styles let the tokenizer add it."""
         return self.style != "chat"
 
-    def encode(
-        self, texts: Sequence[str], padding_side: str = "left", formatted: bool = False
-    ) -> tuple[Int[torch.Tensor, "batch seq"], Int[torch.Tensor, "batch seq"]]:
-        """Tokenise a batch of texts (formatting them unless ``formatted``): ``(input_ids, attention_mask)``."""
+    def special_strings(self) -> list[str]:
+        """The text of every special token (``<|im_start|>``, ``<bos>``...) the tokenizer would parse out of a string."""
+        decoder = getattr(self.tokenizer, "added_tokens_decoder", {}) or {}
+        found = {t.content for t in decoder.values() if getattr(t, "special", False) and t.content}
+        found.update(t for t in getattr(self.tokenizer, "all_special_tokens", []) if t)
+        return sorted(found, key=len, reverse=True)
+
+    def _specials(self) -> list[str]:
+        cached = self.__dict__.get("_special_cache")
+        if cached is None:
+            cached = self.__dict__["_special_cache"] = self.special_strings()
+        return cached
+
+    def pad(self, rows: Sequence[Sequence[int]], padding_side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+        """Pad token rows into ``(input_ids, attention_mask)`` with the tokenizer's pad token."""
+        enc = self.tokenizer.pad({"input_ids": [list(r) for r in rows]}, padding=True, return_tensors="pt",
+                                 padding_side=padding_side)
+        return enc["input_ids"], enc["attention_mask"]
+
+    def token_rows(
+        self,
+        texts: Sequence[str],
+        formatted: bool = False,
+        max_tokens: int | None = None,
+        truncate: str | None = None,
+        parse_special_tokens: bool = False,
+    ) -> list[list[int]]:
+        """Token ids of every prompt, checked against ``max_tokens`` (see :meth:`encode`), unpadded."""
         if isinstance(texts, str):
             texts = [texts]
+        if texts is None or isinstance(texts, (bytes, dict)) or not isinstance(texts, Sequence):
+            raise WorkbenchError(f"prompts must be a string or a list of strings, got {type(texts).__name__}")
         if len(texts) == 0:
             raise WorkbenchError("no prompts given")
-        prompts = list(texts) if formatted else [self.format(t) for t in texts]
-        old_side = self.tokenizer.padding_side
-        self.tokenizer.padding_side = padding_side
-        try:
-            enc = self.tokenizer(
-                prompts, return_tensors="pt", padding=True, add_special_tokens=self.add_special_tokens
-            )
-        finally:
-            self.tokenizer.padding_side = old_side
-        return enc["input_ids"], enc["attention_mask"]
+        if truncate not in TRUNCATE:
+            raise WorkbenchError(f"truncate must be None or 'left', got {truncate!r}")
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise WorkbenchError(f"prompt {i} is a {type(text).__name__} ({text!r:.60}), expected a string")
+        rows = [self.token_ids(t, formatted, parse_special_tokens) for t in texts]
+        return rows if max_tokens is None else fit_context(rows, max_tokens, truncate)
+
+    def token_ids(self, text: str, formatted: bool = False, parse_special_tokens: bool = False) -> list[int]:
+        """Token ids of one prompt; special-token text inside the user's text stays text unless ``parse_special_tokens``.
+
+        The template's own control tokens are always real ones. Only a user text that holds a
+        special token's string is tokenised in parts (template prefix, text, template suffix), so
+        every other prompt gets exactly the ids of tokenising its formatted string whole.
+
+        >>> formatter.token_ids("Hi <|im_start|>system")  # the user's '<|im_start|>' is 12 byte tokens
+        """
+        if not isinstance(text, str):
+            raise WorkbenchError(f"a prompt must be a string, got {type(text).__name__}: {text!r:.60}")
+        tok, asp = self.tokenizer, self.add_special_tokens
+        full = text if formatted else self.format(text)
+        if formatted or parse_special_tokens or not any(s in text for s in self._specials()):
+            return list(tok(full, add_special_tokens=asp)["input_ids"])
+        sentinel = "\ue000WORKBENCH\ue001"
+        outline = self.format(sentinel)
+        if outline.count(sentinel) != 1:
+            raise WorkbenchError("cannot locate the user text inside the prompt template")
+        before, after = outline.split(sentinel)
+        if not (full.startswith(before) and full.endswith(after) and len(full) >= len(before) + len(after)):
+            raise WorkbenchError("the prompt template changes the text around the user's message; pass formatted=True")
+        middle = full[len(before) : len(full) - len(after)]
+        ids = (
+            list(tok(before, add_special_tokens=False)["input_ids"])
+            + list(tok(middle, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+            + list(tok(after, add_special_tokens=False)["input_ids"])
+        )
+        if asp:  # the tokenizer's own BOS/EOS around the whole prompt
+            with_sp = list(tok(full, add_special_tokens=True)["input_ids"])
+            bare = list(tok(full, add_special_tokens=False)["input_ids"])
+            for k in range(len(with_sp) - len(bare) + 1):
+                if with_sp[k : k + len(bare)] == bare:
+                    ids = with_sp[:k] + ids + with_sp[k + len(bare) :]
+                    break
+        return ids
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        padding_side: str = "left",
+        formatted: bool = False,
+        max_tokens: int | None = None,
+        truncate: str | None = None,
+        parse_special_tokens: bool = False,
+    ) -> tuple[Int[torch.Tensor, "batch seq"], Int[torch.Tensor, "batch seq"]]:
+        """Tokenise a batch of texts (formatting them unless ``formatted``): ``(input_ids, attention_mask)``.
+
+        ``max_tokens``: the most tokens a prompt may have (the model's context less the room
+        generation needs). A longer prompt raises :class:`ContextLengthError`, or with
+        ``truncate="left"`` loses its first tokens, with a warning saying how many. Special
+        tokens written in a user text are tokenised as text unless ``parse_special_tokens``
+        (``formatted=True`` prompts are full templates: their special tokens are parsed).
+
+        >>> ids, mask = formatter.encode(["Hi.", "Tell me a story."], max_tokens=1024)
+        """
+        rows = self.token_rows(texts, formatted, max_tokens, truncate, parse_special_tokens)
+        return self.pad(rows, padding_side)
+
+TRUNCATE = (None, "left")
+
+
+class ContextLengthError(WorkbenchError):
+    """A prompt (plus the tokens to generate) longer than the model's context."""
+
+
+def fit_context(rows: list[list[int]], max_tokens: int, truncate: str | None = None) -> list[list[int]]:
+    """Refuse token rows longer than ``max_tokens``, or with ``truncate="left"`` keep their last ``max_tokens``.
+
+    >>> fit_context([[1, 2, 3]], 2, truncate="left")  # warns: dropped 1 token
+    [[2, 3]]
+    """
+    if max_tokens < 1:
+        raise ContextLengthError(f"no room for a prompt: the context leaves {max_tokens} tokens for it")
+    long = [(i, len(r)) for i, r in enumerate(rows) if len(r) > max_tokens]
+    if not long:
+        return rows
+    if truncate is None:
+        i, n = max(long, key=lambda x: x[1])
+        raise ContextLengthError(
+            f"{len(long)} prompt(s) exceed the context: prompt {i} has {n} tokens, at most {max_tokens} fit "
+            "(pass truncate='left' / --truncate left to drop the earliest tokens)"
+        )
+    dropped = sum(n - max_tokens for _, n in long)
+    warnings.warn(
+        f"truncate='left': dropped {dropped} token(s) from the start of {len(long)} prompt(s) to fit {max_tokens} tokens",
+        stacklevel=3,
+    )
+    return [r[-max_tokens:] if len(r) > max_tokens else r for r in rows]
