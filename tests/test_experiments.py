@@ -129,6 +129,10 @@ def test_select_applies_the_quality_rule():
         r["degeneration"] = deg
     sel, _ = select(recs, base, max_ppl_ratio=None, max_degeneration=0.5)
     assert sel["t"]["layer"] == 2
+    sel, _ = select(recs, base, max_ppl_ratio=2.0, max_degeneration=0.3)
+    assert sel["t"]["layer"] == 6 and sel["t"]["rule"] == "perplexity <= 2 x unsteered, degeneration <= 0.3"
+    assert sel["t"]["excluded_by_rule"] == ["layer 2, strength 1", "layer 4, strength 1"]
+    assert sel["t"]["most_accurate_without_rule"]["layer"] == 2
     sel, _ = select(recs, base, max_ppl_ratio=2.0, max_degeneration=0.15)
     assert sel["t"] is None
     sel, _ = select(recs, base, max_ppl_ratio=None, max_perplexity=13.0)

@@ -26,7 +26,13 @@ from .results import to_markdown, write_table
 ALL = "all"
 # Columns of a results table that are measurements or settings, not what identifies a row.
 VALUE_COLUMNS = {"n", "accuracy", "loose_accuracy", "perplexity", "degeneration", "layer", "strength", "mode", "scale",
-                 "mean_sentences", "format_acc", "length_acc", "both_acc", "format_layer", "length_layer", "source"}
+                 "mean_sentences", "format_acc", "length_acc", "both_acc", "format_layer", "length_layer", "source",
+                 "n_checks", "instruction_accuracy", "instruction_loose_accuracy"}
+
+
+def _is_value(column: str) -> bool:
+    """Measurements (with their interval bounds and p-values) and settings, as opposed to a row's identity."""
+    return column in VALUE_COLUMNS or column.endswith(("_lo", "_hi", "_p"))
 
 
 def installed_models(models: Sequence[str], say: Callable[[str], None]) -> tuple[list[str], dict[str, str]]:
@@ -96,7 +102,7 @@ def comparison_tables(experiment: str, runs: dict[str, Path], skipped: dict[str,
         columns, rows = read_results(run_dir)
         config = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         for c in columns:
-            if c not in VALUE_COLUMNS and c not in key_cols:
+            if not _is_value(c) and c not in key_cols:
                 key_cols.append(c)
         if "accuracy" not in columns and "both_acc" in columns:
             metric = "both_acc"
@@ -120,6 +126,7 @@ def comparison_tables(experiment: str, runs: dict[str, Path], skipped: dict[str,
         row = wide.setdefault(key, dict(zip(key_cols, key)))
         i = models.index(r["model"])
         row[f"m{i}_acc"] = r.get(metric)
+        row[f"m{i}_acc_lo"], row[f"m{i}_acc_hi"] = r.get(f"{metric}_lo"), r.get(f"{metric}_hi")
         row[f"m{i}_ppl"] = r.get("perplexity")
     wide_cols = [*key_cols, *(c for i in range(len(models)) for c in (f"m{i}_acc", f"m{i}_ppl"))]
     headers = {f"m{i}_acc": f"{m} accuracy" for i, m in enumerate(models)}

@@ -11,10 +11,34 @@ from typing import Any
 
 from ..arguments import float_list, int_list
 from ..errors import WorkbenchError
+from .config import DEFAULT_MAX_DEGENERATION
 
 
 def _ratio(text: str) -> float | None:
+    """A float, or None for 'none' / 'off' (a rule switched off)."""
     return None if text.lower() in ("none", "off") else float(text)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 or a negative count is an error, never 'use the preset')."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def output_folder(text: str) -> str:
+    """argparse type: a folder path that is not an existing file (checked before any work starts)."""
+    from ..io import check_output_dir
+
+    try:
+        check_output_dir(text)
+    except WorkbenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--out {text}: ")) from None
+    return text
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -25,21 +49,41 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--mode", choices=("project", "add"), help="steering mode (default: project for format, add for length/keywords)")
     p.add_argument("--layers", help="layers to sweep, e.g. 16,20,24-26 (default: every other layer from n_layers//5)")
-    p.add_argument("--layer-stride", type=int, default=2, help="stride of the default layer grid (default 2)")
+    p.add_argument("--layer-stride", type=positive_int, default=2, help="stride of the default layer grid (default 2)")
     p.add_argument("--strengths", help="comma-separated strengths (add: multiples of the direction's norm; project: of the target)")
-    p.add_argument("--n-train", type=int, help="training pairs per direction")
-    p.add_argument("--n-val", type=int, help="validation prompts per sweep target")
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--n-train", type=positive_int, help="training pairs per direction")
+    p.add_argument("--n-val", type=positive_int, help="validation prompts per sweep target")
+    p.add_argument("--max-new-tokens", type=positive_int)
+    p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--max-ppl-ratio", type=_ratio, default=2.0,
                    help="quality rule: steered perplexity <= this x unsteered (default 2.0; 'none' turns it off)")
-    p.add_argument("--max-degeneration", type=float, help="quality rule: also require mean degeneration <= this (default off)")
+    p.add_argument("--max-degeneration", type=_ratio, default=DEFAULT_MAX_DEGENERATION,
+                   help=f"quality rule: also require mean degeneration (share of repeated 3-grams) <= this "
+                        f"(default {DEFAULT_MAX_DEGENERATION:g}; 'none' is the paper's perplexity-only rule; docs/reproduce.md)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, help="torch CPU threads (default on CPU: 1, for the same numbers on any machine and no oversubscription)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default on CPU: 1, for the same numbers on any machine and no oversubscription)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="where sweep units run: local (this process, default) or ray (Ray actors; docs/ray.md)")
     p.add_argument("--address", help="ray: join the Ray cluster at this address (default: start a local one)")
-    p.add_argument("--workers", type=int, help="ray: number of actors (default: as many as the cluster's CPUs or GPUs fit)")
+    p.add_argument("--workers", type=positive_int, help="ray: number of actors (default: as many as the cluster's CPUs or GPUs fit)")
+
+
+def _words(words: list[str] | None, words_file: str | None) -> list[str] | None:
+    """``--word`` values and the lines of ``--words-file``, in order, each checked (no empty words)."""
+    out = list(words or [])
+    if words_file:
+        path = Path(words_file)
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise WorkbenchError(f"--words-file {path}: cannot read ({exc})") from None
+        out += [line.strip() for line in lines if line.strip()]
+        if not any(line.strip() for line in lines):
+            raise WorkbenchError(f"--words-file {path}: no words in the file")
+    bad = [w for w in out if not w.strip()]
+    if bad:
+        raise WorkbenchError("--word: a keyword must be a non-empty word or phrase")
+    return out or None
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
@@ -49,13 +93,15 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = ReproduceConfig(
         experiment=args.experiment, model=args.model, quick=args.quick, eval_data=args.eval_data, device=args.device,
         out=args.out, seed=args.seed, mode=args.mode, instructions=args.instruction, targets=int_list(args.targets, "--targets"),
-        words=args.word, layers=int_list(args.layers), layer_stride=args.layer_stride, strengths=float_list(args.strengths),
+        words=_words(args.word, args.words_file), layers=int_list(args.layers), layer_stride=args.layer_stride, strengths=float_list(args.strengths),
         n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, max_ppl_ratio=args.max_ppl_ratio, max_degeneration=args.max_degeneration,
         reference_model=args.reference_model,
         source_model=args.source_model, threads=args.threads, publish=args.publish,
-        executor=args.executor, address=args.address, workers=args.workers,
+        executor=args.executor, address=args.address, workers=args.workers, fields=args.fields, convention=args.convention,
     )
+    if args.fields and not args.eval_data:
+        raise WorkbenchError("--fields maps the fields of an --eval-data file; pass --eval-data too")
     if args.model == "all":  # the built-in real models in turn, then a comparison table
         from .across import run_across_models
 
@@ -83,6 +129,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from .reproduce import cpu_threads
 
+    from .lock import hold_run_folder
+
+    _lock = hold_run_folder(args.out)  # noqa: F841  one writer per run folder, before any work; freed on return
     torch.set_num_threads(cpu_threads(args.threads, args.device))
     try:
         kwargs = json.loads(args.kwargs) if args.kwargs else None
@@ -128,13 +177,21 @@ def register(subparsers: Any) -> None:
     r.add_argument("experiment", choices=EXPERIMENTS)
     _common(r)
     r.add_argument("--quick", action="store_true", help="small sizes (SmolLM2 format: about 15 min on 2 CPU cores)")
-    r.add_argument("--eval-data", help="evaluate on this IFEval / paired jsonl instead of the built-in test split")
-    r.add_argument("--out", default="results", help="results folder (default results/): writes <out>/<model>/<experiment>/")
+    r.add_argument("--eval-data", help="evaluate on this IFEval / paired jsonl instead of the built-in test split; "
+                   "'ifeval' is IFEval's 541 prompts, shipped with the package (docs/data.md)")
+    r.add_argument("--fields", help="for --eval-data files that name fields differently: OURS=THEIRS,... "
+                   "(e.g. prompt=original_prompt,prompt_without_instruction=model_output)")
+    r.add_argument("--convention", choices=("auto", "eval", "steering"), default="auto",
+                   help="how --eval-data's instruction_id_list_for_eval is read: ids to check (eval), the steering "
+                        "direction's key with instruction_id_list checked (steering, the paper authors' files), or "
+                        "detected (auto, default: steering when some id is not an IFEval id)")
+    r.add_argument("--out", type=output_folder, default="results", help="results folder (default results/): writes <out>/<model>/<experiment>/")
     r.add_argument("--publish", help="also write one Markdown page to <PUBLISH>/<model>/<experiment>.md (e.g. docs/results)")
     r.add_argument("--instruction", action="append", help="instruction id (repeat; format, composition, transfer)")
     r.add_argument("--targets", help="sentence targets N for length/composition, e.g. 1,3")
-    r.add_argument("--word", action="append", help="keyword (repeat; keywords experiment)")
-    r.add_argument("--n-eval", type=int, help="evaluation prompts per instruction")
+    r.add_argument("--word", action="append", help="keyword or phrase, any (repeat; keywords experiment)")
+    r.add_argument("--words-file", help="keywords experiment: a text file of words or phrases, one per line")
+    r.add_argument("--n-eval", type=positive_int, help="evaluation prompts per instruction")
     r.add_argument("--reference-model", help="model that scores perplexity (default: the unsteered model itself)")
     r.add_argument("--source-model", help="transfer: model the directions are computed on (same d_model and layers)")
     r.set_defaults(func=cmd_reproduce)
@@ -144,5 +201,5 @@ def register(subparsers: Any) -> None:
     s.add_argument("--kwargs", help="JSON filter on the instruction's kwargs, e.g. '{\"keywords\": [\"ocean\"]}'")
     s.add_argument("--direction", help="direction file (default: compute from train pairs)")
     _common(s)
-    s.add_argument("--out", required=True, help="folder for sweep.jsonl (resumable), tables, selection and direction")
+    s.add_argument("--out", type=output_folder, required=True, help="folder for sweep.jsonl (resumable), tables, selection and direction")
     s.set_defaults(func=cmd_sweep)

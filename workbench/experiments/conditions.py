@@ -63,9 +63,9 @@ class GenerationMemo:
 
 
 def condition_prompts(rows: Sequence[PairRow], condition: str) -> list[str] | None:
-    """The prompts of one condition; ``None`` when rows lack the prompt without the instruction."""
+    """The prompts of one condition; ``None`` when no row (or not every row) has the prompt without the instruction."""
     if condition.startswith("no_instruction"):
-        if any(r.prompt_without_instruction is None for r in rows):
+        if not rows or any(r.prompt_without_instruction is None for r in rows):
             return None
         return [r.prompt_without_instruction for r in rows]  # type: ignore[misc]
     return [r.prompt for r in rows]
@@ -77,10 +77,16 @@ def run_conditions(
     specs: Sequence[SteeringSpec] | None,
     conditions: Sequence[str] = CONDITIONS,
     max_new_tokens: int | None = None,
+    no_instruction_rows: Sequence[PairRow] | None = None,
 ) -> dict[str, list[str]]:
-    """Responses per condition; steered conditions are skipped when ``specs`` is None (no selection)."""
+    """Responses per condition; steered conditions are skipped when ``specs`` is None (no selection).
+
+    ``no_instruction_rows``: the rows the no-instruction conditions use (default ``rows``), e.g. only
+    those with an instruction-free twin.
+    """
     wanted = [c for c in conditions if specs is not None or not c.endswith("_steered")]
-    prompts = {c: condition_prompts(rows, c) for c in wanted}
+    twin_rows = rows if no_instruction_rows is None else no_instruction_rows
+    prompts = {c: condition_prompts(twin_rows if c.startswith("no_instruction") else rows, c) for c in wanted}
     prompts = {c: p for c, p in prompts.items() if p is not None}
     out: dict[str, list[str]] = {}
     for steered in (False, True):

@@ -11,6 +11,10 @@ from ..errors import WorkbenchError
 from ..models import DEFAULT_MODEL
 from .sweep import default_layers
 
+# Selection rule: besides the paper's perplexity rule, steered validation responses may repeat at most this share
+# of their 3-grams (unsteered SmolLM2 responses: about 0.02-0.03). Measured in docs/reproduce.md ("Selection rule").
+DEFAULT_MAX_DEGENERATION = 0.25
+
 EXPERIMENTS: tuple[str, ...] = ("format", "length", "keywords", "composition", "transfer")
 LENGTH_ID = "length_constraints:number_sentences"
 TITLE_ID = "detectable_format:title"
@@ -57,7 +61,9 @@ class ReproduceConfig:
     experiment: str
     model: str = DEFAULT_MODEL
     quick: bool = False
-    eval_data: str | None = None
+    eval_data: str | None = None  # a pair file, or "ifeval" for the packaged IFEval prompts
+    fields: str | None = None  # --fields: OURS=THEIRS,... for an eval file that names its fields differently
+    convention: str = "auto"  # how to read instruction_id_list_for_eval: auto, eval (ids to check) or steering (keys)
     device: str | None = None
     out: str = "results"
     seed: int = 0
@@ -74,7 +80,7 @@ class ReproduceConfig:
     max_new_tokens: int | None = None
     batch_size: int | None = None
     max_ppl_ratio: float | None = 2.0
-    max_degeneration: float | None = None
+    max_degeneration: float | None = DEFAULT_MAX_DEGENERATION
     reference_model: str | None = None
     source_model: str | None = None
     threads: int | None = None
@@ -89,6 +95,8 @@ class ReproduceConfig:
             raise WorkbenchError(f"unknown experiment {self.experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
         preset = PRESETS[self.experiment][self.quick]
         filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
+        if self.eval_data and self.n_eval is None:
+            filled.pop("n_eval", None)  # an evaluation file is used whole unless --n-eval caps it
         cfg = replace(self, **filled)
         if cfg.batch_size is None:
             cfg.batch_size = 40 if self.quick else 20  # fewer, larger batches: decoding on CPU is step-bound

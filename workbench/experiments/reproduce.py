@@ -21,13 +21,14 @@ import torch
 
 from ..data import PairDataset, PairRow, load_pairs
 from ..directions import Direction
-from ..errors import LayerError, ShapeError, WorkbenchError
+from ..errors import DatasetError, LayerError, ShapeError, WorkbenchError
+from ..evaluation.stats import rate_cell
 from ..evaluation.punkt import count_sentences
 from ..evaluation.quality import mean_perplexity, response_perplexities
 from ..io import write_json_atomic, write_text_atomic
 from ..models import load_model, model_info
 from ..version import __version__
-from .conditions import CONDITIONS, GenerationMemo, run_conditions
+from .conditions import CONDITIONS, GenerationMemo
 from .config import (
     EXPERIMENTS,
     LENGTH_ID,
@@ -42,7 +43,7 @@ from .config import (
 from .executors import make_executor
 from .hygiene import check_split_hygiene
 from .results import write_jsonl, write_table
-from .run import Run
+from .run import Run, attach_p_values, rate_columns
 from .sweep import SweepResult, SweepTarget, heatmap_records, steering_spec
 
 __all__ = [
@@ -74,46 +75,81 @@ def _save_directions(run: Run, selection: dict[str, Any]) -> None:
 
 
 # --- experiments -------------------------------------------------------------------------
-def _format_targets(run: Run, ids: Sequence[str]) -> list[SweepTarget]:
+LANGUAGE_ID = "language:response_language"
+
+
+def format_target_names(ids: Sequence[str]) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """``(target name, IFEval id, kwargs)`` per direction: ``language:response_language`` is one direction per
+    language (named as in the paper authors' files, ``language:response_language_kn``)."""
+    from ..data.builtin import language_codes
+
+    out: list[tuple[str, str, dict[str, Any] | None]] = []
+    for iid in ids:
+        if iid == LANGUAGE_ID:
+            out += [(f"{LANGUAGE_ID}_{c}", LANGUAGE_ID, {"language": c}) for c in language_codes()]
+        elif iid.startswith(f"{LANGUAGE_ID}_"):
+            code = iid[len(LANGUAGE_ID) + 1:]
+            if code not in language_codes():
+                raise DatasetError(f"no built-in phrasing for language {code!r} ({iid}); languages: {', '.join(language_codes())}")
+            out.append((iid, LANGUAGE_ID, {"language": code}))
+        else:
+            out.append((iid, iid, None))
+    return out
+
+
+def _format_targets(run: Run, ids: Sequence[str]) -> list[tuple[SweepTarget, str, dict[str, Any] | None]]:
     cfg = run.config
     targets = []
-    for iid in ids:
-        train = run.builtin("format", iid, "train", cfg.n_train or 0)
-        val = run.builtin("format", iid, "validation", cfg.n_val or 0)
-        targets.append(SweepTarget(iid, val, run.direction(iid, train), cfg.mode or "project"))
+    for name, iid, kwargs in format_target_names(ids):
+        train = run.builtin("format", iid, "train", cfg.n_train or 0, kwargs)
+        val = run.builtin("format", iid, "validation", cfg.n_val or 0, kwargs)
+        targets.append((SweepTarget(name, val, run.direction(name, train), cfg.mode or "project"), iid, kwargs))
     return targets
+
+
+FORMAT_COLUMNS = ["instruction_id", "condition", "n", "accuracy", "accuracy_p", "loose_accuracy", "perplexity",
+                  "degeneration", "layer", "strength", "mode"]
 
 
 def exp_format(run: Run) -> dict[str, Any]:
     """Per-instruction accuracy under the four conditions, steering at the selected layer."""
     cfg = run.config
     targets = _format_targets(run, cfg.instructions or [])
-    sweep = run.sweep(targets)
+    sweep = run.sweep([t for t, _, _ in targets])
     table: list[dict[str, Any]] = []
-    for t in targets:
+    for t, iid, kwargs in targets:
         sel = sweep.selection.get(t.name)
-        rows = run.eval_rows("format", t.name)
+        rows = run.eval_rows("format", iid, kwargs, name=t.name)
         run.say(f"  {t.name}: four conditions on {len(rows)} evaluation prompts")
         table += run.conditions_table(rows, _specs_for(run, t.direction, sel, t.mode), {"instruction_id": t.name, **_sel_meta(sel, t.mode)})
     table += _pooled(table, ["condition"], {"instruction_id": "all"})
-    return {"table": table, "columns": ["instruction_id", "condition", "n", "accuracy", "loose_accuracy", "perplexity",
-                                        "degeneration", "layer", "strength", "mode"], "sweep": sweep, "selection": sweep.selection}
+    attach_p_values(table, ["instruction_id"])
+    return {"table": table, "columns": _with_instruction_level(table, FORMAT_COLUMNS), "sweep": sweep, "selection": sweep.selection}
+
+
+def _with_instruction_level(table: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    """IFEval's instruction-level accuracies beside the prompt-level ones, where some prompt checks several instructions."""
+    if not any(r.get("n_checks", r["n"]) != r["n"] for r in table):
+        return columns
+    at = columns.index("loose_accuracy") + 1
+    return columns[:at] + ["n_checks", "instruction_accuracy", "instruction_loose_accuracy"] + columns[at:]
 
 
 def _pooled(table: list[dict[str, Any]], by: Sequence[str], extra: dict[str, Any]) -> list[dict[str, Any]]:
-    """Rows pooled over instructions (weighted by n; perplexity as a weighted geometric mean)."""
+    """Rows pooled over instructions: passes concatenated (so intervals and paired tests pool too), perplexity as a
+    geometric mean over responses, degeneration as a mean over responses."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in table:
         groups.setdefault(tuple(r[k] for k in by), []).append(r)
     out = []
     for key, rs in groups.items():
-        n = sum(r["n"] for r in rs)
-        logs = [(math.log(r["perplexity"]), r["n"]) for r in rs if math.isfinite(r["perplexity"])]
-        out.append({**extra, **dict(zip(by, key)), "n": n,
-                    "accuracy": sum(r["accuracy"] * r["n"] for r in rs) / n,
-                    "loose_accuracy": sum(r["loose_accuracy"] * r["n"] for r in rs) / n,
-                    "perplexity": math.exp(sum(a * w for a, w in logs) / sum(w for _, w in logs)) if logs else math.nan,
-                    "degeneration": sum(r["degeneration"] * r["n"] for r in rs) / n})
+        cat = lambda name: [x for r in rs for x in r[name]]  # noqa: E731
+        ppl, deg = cat("_ppl"), cat("_deg")
+        keys = [f"{r.get('instruction_id', '')}/{k}" for r in rs for k in r["_keys"]]
+        out.append({**extra, **dict(zip(by, key)),
+                    **rate_columns(cat("_strict"), cat("_loose"), cat("_inst_strict"), cat("_inst_loose")),
+                    "perplexity": mean_perplexity(ppl), "degeneration": sum(deg) / len(deg) if deg else math.nan,
+                    "_ppl": ppl, "_deg": deg, "_keys": keys})
     return out
 
 
@@ -204,34 +240,29 @@ def exp_keywords(run: Run) -> dict[str, Any]:
         for how in ("subtract", "ablate"):
             specs = None
             if sel is not None:
-                mode = "add" if how == "subtract" else "ablate"
-                specs = [steering_spec(t.direction, sel["layer"], -sel["coeff"], mode)]
+                specs = [steering_spec(t.direction, sel["layer"], -sel["coeff"], "add" if how == "subtract" else "ablate")]
             conds = CONDITIONS if how == "subtract" else ("no_instruction_steered", "instruction_steered")
-            out = run_conditions(run.memo, exc, specs, conds, cfg.max_new_tokens)
-            for cond, texts in out.items():
-                prompts = exc.prompts() if cond.startswith("instruction") else exc.prompts_without_instruction()
-                steered = cond.endswith("_steered")
-                meta = _sel_meta(sel if steered else None, ("add" if how == "subtract" else "ablate") if steered else None)
-                table.append(run.score(exc, prompts, texts, {"word": w, "task": "exclude", "steering": how if steered else "none",
-                                                             "condition": cond, **meta}))
-    return {"table": table, "columns": ["word", "task", "steering", "condition", "n", "accuracy", "loose_accuracy", "perplexity",
-                                        "degeneration", "layer", "strength", "mode"], "sweep": sweep, "selection": sweep.selection}
+            meta = {"word": w, "task": "exclude", "steering": how, **_sel_meta(sel, "add" if how == "subtract" else "ablate")}
+            table += run.conditions_table(exc, specs, meta, conds)
+    attach_p_values(table, ["word", "task"])
+    return {"table": table, "columns": ["word", "task", "steering", "condition", "n", "accuracy", "accuracy_p", "loose_accuracy",
+                                        "perplexity", "degeneration", "layer", "strength", "mode"], "sweep": sweep, "selection": sweep.selection}
 
 
-def _combined_rows(run: Run, fmt_id: str, n: int) -> PairDataset:
-    """Test queries asking for both the format and "at most n sentences" (built from the two families' test rows)."""
-    fmt = run.eval_rows("format", fmt_id)
-    length = {r.base_id: r for r in load_pairs("length", LENGTH_ID, split="test", kwargs=length_kwargs(n))}
+def _combined_rows(run: Run, name: str, iid: str, kwargs: dict[str, Any] | None, n: int) -> PairDataset:
+    """Evaluation rows asking for both the format and "at most n sentences": the length instruction is appended to
+    each format row's prompt (as the paper does), built-in test rows or ``--eval-data`` rows alike."""
+    from ..data.builtin import instruction_phrase
+
+    fmt = run.eval_rows("format", iid, kwargs, name=name)
     rows = []
     for r in fmt:
-        lr = length.get(r.base_id)
-        if lr is None or r.prompt_without_instruction is None:
-            continue
-        phrase = lr.prompt[len(lr.prompt_without_instruction):].strip()
+        phrase = instruction_phrase(LENGTH_ID, length_kwargs(n), r.base_id)
         rows.append(PairRow(prompt=f"{r.prompt} {phrase}", prompt_without_instruction=r.prompt_without_instruction,
-                            instruction_id=f"{fmt_id}+{LENGTH_ID}", kwargs={}, base_id=r.base_id,
-                            eval_instruction_ids=(fmt_id, LENGTH_ID), eval_kwargs=(r.eval_kwargs[0], length_kwargs(n)), split=r.split))
-    data = PairDataset(rows, name=f"composition[{fmt_id}, at most {n}]").require_nonempty("composition rows")
+                            instruction_id=f"{r.instruction_id}+{LENGTH_ID}", kwargs={}, base_id=r.base_id,
+                            eval_instruction_ids=(*r.eval_instruction_ids, LENGTH_ID),
+                            eval_kwargs=(*r.eval_kwargs, length_kwargs(n)), split=r.split))
+    data = PairDataset(rows, name=f"composition[{name}, at most {n}]").require_nonempty("composition rows")
     check_split_hygiene(run.used_rows, data)
     return data
 
@@ -242,13 +273,13 @@ def exp_composition(run: Run) -> dict[str, Any]:
     fmt_targets = _format_targets(run, cfg.instructions or [TITLE_ID])
     ns = cfg.targets or [2]
     length_dir, len_targets = _length_targets(run, ns)
-    sweep = run.sweep([*fmt_targets, *len_targets])
+    sweep = run.sweep([*(t for t, _, _ in fmt_targets), *len_targets])
     len_sel = sweep.selection.get("length")
     table: list[dict[str, Any]] = []
-    for t in fmt_targets:
+    for t, iid, kwargs in fmt_targets:
         fsel = sweep.selection.get(t.name)
         for n in ns:
-            rows = _combined_rows(run, t.name, n)
+            rows = _combined_rows(run, t.name, iid, kwargs, n)
             fspec = _specs_for(run, t.direction, fsel, t.mode)
             lspec = _specs_for(run, length_dir, len_sel, "add", length_scale(n))
             sets = {"none": [], "format": fspec, "length": lspec, "both": None if fspec is None or lspec is None else fspec + lspec}
@@ -257,28 +288,35 @@ def exp_composition(run: Run) -> dict[str, Any]:
                 if specs is None:
                     continue
                 for kind in ("no_instruction", "instruction"):
-                    prompts = rows.prompts() if kind == "instruction" else rows.prompts_without_instruction()
+                    used = rows if kind == "instruction" else rows.with_twin()
+                    if not used:
+                        continue
+                    prompts = used.prompts() if kind == "instruction" else used.prompts_without_instruction()
                     texts = run.memo.generate(prompts, specs, cfg.max_new_tokens)
-                    per = _per_instruction(rows, texts)
-                    cell = run.score(rows, prompts, texts, {"format": t.name, "target_n": n, "steering": steering, "prompt": kind})
-                    cell.update({"format_acc": per[0], "length_acc": per[1], "both_acc": cell["accuracy"]})
+                    cell = run.score(used, prompts, texts, {"format": t.name, "target_n": n, "steering": steering, "prompt": kind})
+                    fmt_pass, len_pass = _format_and_length_passes(used, texts)
+                    cell.update({**rate_cell(fmt_pass, "format_acc"), **rate_cell(len_pass, "length_acc"),
+                                 "both_acc": cell["accuracy"], "both_acc_lo": cell["accuracy_lo"], "both_acc_hi": cell["accuracy_hi"]})
                     table.append(cell)
+    attach_p_values(table, ["format", "target_n", "prompt"], key="steering",
+                    twins={"format": "none", "length": "none", "both": "none"}, column="both_acc_p")
     for r in table:
         r["format_layer"] = None if sweep.selection.get(r["format"]) is None else sweep.selection[r["format"]]["layer"]
         r["length_layer"] = None if len_sel is None else len_sel["layer"]
     return {"table": table, "columns": ["format", "target_n", "steering", "prompt", "n", "format_acc", "length_acc", "both_acc",
-                                        "perplexity", "degeneration", "format_layer", "length_layer"],
+                                        "both_acc_p", "perplexity", "degeneration", "format_layer", "length_layer"],
             "sweep": sweep, "selection": sweep.selection}
 
 
-def _per_instruction(rows: Sequence[PairRow], texts: Sequence[str]) -> list[float]:
-    from ..evaluation.checkers import check_response
+def _format_and_length_passes(rows: Sequence[PairRow], texts: Sequence[str]) -> tuple[list[bool], list[bool]]:
+    """Per response: every non-length instruction followed (strict), and the length instruction followed."""
+    from .units import check_rows
 
-    hits = [0] * len(rows[0].eval_instruction_ids)
-    for row, text in zip(rows, texts):
-        for j, res in enumerate(check_response(text, row.eval_instruction_ids, row.eval_kwargs, row.prompt)):
-            hits[j] += res.strict
-    return [h / len(rows) for h in hits]
+    fmt, length = [], []
+    for checks in check_rows(rows, texts):
+        fmt.append(all(c.strict for c in checks if c.instruction_id != LENGTH_ID))
+        length.append(all(c.strict for c in checks if c.instruction_id == LENGTH_ID))
+    return fmt, length
 
 
 def check_transferable(source: Any, target: Any) -> None:
@@ -388,6 +426,8 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None)
         raise WorkbenchError(f"reference model {cfg.reference_model} has another tokenizer than {cfg.model}")
     out_dir = Path(cfg.out) / _model_dir(model_info(model).name) / cfg.experiment
     out_dir.mkdir(parents=True, exist_ok=True)
+    from .lock import hold_run_folder
+    _lock = hold_run_folder(out_dir)  # noqa: F841  one writer per run folder (a second process fails here); freed on return
     memo = GenerationMemo(model, cfg.max_new_tokens or 48, cfg.batch_size, cfg.seed)
     run = Run(config=cfg, model=model, reference=reference, out_dir=out_dir, memo=memo, say=say)
     say(f"{cfg.experiment}: layers {cfg.layers}, strengths {cfg.strengths}, mode {cfg.mode}, "
@@ -404,6 +444,8 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None)
     files["sweep"] = [str(p) for p in write_table(out_dir / "sweep", sweep_rows, SWEEP_COLUMNS, f"validation sweep ({cfg.experiment})",
                                                   "Rows with an empty layer are the unsteered baseline. Strength: see docs/reproduce.md.")]
     write_json_atomic(out_dir / "heatmap.json", heatmap_records(sweep))
+    if any(r.get("n_checks", r["n"]) != r["n"] for r in result["table"]):  # prompts with several instructions
+        result.setdefault("extra_tables", {})["per_instruction"] = (run.per_instruction, _per_instruction_columns(run.per_instruction))
     for name, (rows, columns) in result.get("extra_tables", {}).items():
         files[name] = [str(p) for p in write_table(out_dir / name, rows, columns, name.replace("_", " "))]
     files["figures"] = _figures(run, heatmap_records(sweep), result["table"])
@@ -412,6 +454,7 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None)
         "config": asdict(cfg), "model": {"name": model_info(model).name, "n_layers": int(model.cfg.n_layers),
                                          "d_model": int(model.cfg.d_model), "prompt_style": model_info(model).prompt_style},
         "reference_model": model_info(reference).name, "selection": result["selection"], "notes": run.notes,
+        "eval_data": None if run.eval_report is None else run.eval_report.to_dict(),
         "generate_calls": memo.calls, "sweep": run.sweep_stats, "elapsed_s": round(elapsed, 1), "load_average": [load_start, _load()],
         "cpu_count": os.cpu_count(), "workbench_version": __version__,
         "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(), "files": files,
@@ -421,6 +464,14 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None)
         write_json_atomic(out_dir / "config.json", {**json.loads((out_dir / "config.json").read_text()), "files": files})
     say(f"Done in {elapsed:.0f} s: {out_dir}")
     return out_dir
+
+
+def _per_instruction_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Identity columns of the per-instruction table (as in the results table), then the checked id and its rates."""
+    tail = ["checked_id", "n", "strict", "loose"]
+    ident = [c for c in dict.fromkeys(k for r in rows for k in r)
+             if c not in tail and not c.endswith(("_lo", "_hi")) and c not in ("layer", "strength", "mode", "scale")]
+    return [*ident, *tail]
 
 
 def _publish(cfg: ReproduceConfig, out_dir: Path, model_name: str, elapsed: float, result: dict[str, Any],

@@ -9,15 +9,48 @@ from typing import Any, Callable, Sequence
 import torch
 
 from ..activations import collect_activations
-from ..data import PairDataset, PairRow, load_pairs, load_pairs_file
+from ..data import PairDataset, PairRow, load_pairs, read_pairs_file
+from ..data.files import LoadReport
 from ..directions import Direction, direction_from_activations
 from ..evaluation.quality import degeneration, mean_perplexity, response_perplexities
+from ..evaluation.stats import mcnemar_exact, rate_cell
+from ..errors import DatasetError
 from ..models import model_info
 from .conditions import CONDITIONS, GenerationMemo, run_conditions
 from .config import ReproduceConfig
 from .hygiene import check_split_hygiene
 from .executors import make_executor, sweep_stats
-from .sweep import SweepResult, SweepSettings, SweepTarget, run_sweep, score_rows
+from .sweep import SweepResult, SweepSettings, SweepTarget, run_sweep
+from .units import check_rows
+
+# A steered condition and the unsteered condition on the same prompts (its McNemar twin).
+TWINS = {"no_instruction_steered": "no_instruction", "instruction_steered": "instruction"}
+
+
+def matches(row: PairRow, iid: str, kwargs: dict | None) -> bool:
+    """Whether ``row`` checks ``iid`` with (a superset of) ``kwargs`` among its instructions."""
+    return any(i == iid and (not kwargs or all(kw.get(k) == v for k, v in kwargs.items()))
+               for i, kw in zip(row.eval_instruction_ids, row.eval_kwargs))
+
+
+def rate_columns(strict: Sequence[bool], loose: Sequence[bool], inst_strict: Sequence[bool],
+                 inst_loose: Sequence[bool]) -> dict[str, Any]:
+    """Prompt-level and instruction-level accuracies with their intervals, and the per-prompt passes behind them."""
+    return {"n": len(strict), **rate_cell(strict, "accuracy"), **rate_cell(loose, "loose_accuracy"),
+            "n_checks": len(inst_strict), **rate_cell(inst_strict, "instruction_accuracy"),
+            **rate_cell(inst_loose, "instruction_loose_accuracy"),
+            "_strict": list(strict), "_loose": list(loose), "_inst_strict": list(inst_strict), "_inst_loose": list(inst_loose)}
+
+
+def attach_p_values(table: list[dict[str, Any]], identity: Sequence[str], key: str = "condition",
+                    twins: dict[str, str] | None = None, column: str = "accuracy_p") -> None:
+    """McNemar p-value of each steered cell against its unsteered twin (same identity, same prompts)."""
+    twins = TWINS if twins is None else twins
+    index = {(tuple(r.get(k) for k in identity), r.get(key)): r for r in table}
+    for r in table:
+        twin = index.get((tuple(r.get(k) for k in identity), twins.get(r.get(key))))
+        if twin is not None and r.get("_keys") == twin.get("_keys"):
+            r[column] = mcnemar_exact(r["_strict"], twin["_strict"]).p_value
 
 
 @dataclass
@@ -36,6 +69,9 @@ class Run:
     directions: dict[str, Direction] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     sweep_stats: dict[str, Any] = field(default_factory=dict)
+    per_instruction: list[dict[str, Any]] = field(default_factory=list)
+    eval_report: LoadReport | None = None
+    _eval_data: tuple[tuple, PairDataset] | None = None
 
     # --- data ----------------------------------------------------------------------------
     def builtin(self, family: str, iid: str | None, split: str, n: int, kwargs: dict | None = None) -> PairDataset:
@@ -44,23 +80,33 @@ class Run:
             self.used_rows.extend(rows)
         return rows
 
-    def eval_rows(self, family: str, iid: str, kwargs: dict | None = None) -> PairDataset:
-        """Test rows (or rows of --eval-data checking ``iid``), checked against the used rows."""
+    def eval_data(self) -> PairDataset:
+        """The ``--eval-data`` file, read once (its schema, convention and failed rewrites go to the log and config)."""
+        cfg = self.config
+        key = (cfg.eval_data, cfg.fields, cfg.convention)
+        if self._eval_data is None or self._eval_data[0] != key:
+            data, report = read_pairs_file(cfg.eval_data, cfg.fields, cfg.convention)  # type: ignore[arg-type]
+            for line in report.lines():
+                self.say(f"  {line}")
+            self.eval_report, self._eval_data = report, (key, data)
+        return self._eval_data[1]
+
+    def eval_rows(self, family: str, iid: str, kwargs: dict | None = None, name: str | None = None) -> PairDataset:
+        """Test rows (or the ``--eval-data`` rows that check ``iid`` with ``kwargs``), checked against the used rows.
+
+        External rows keep every instruction they check (prompt-level accuracy needs all of them).
+        """
         cfg = self.config
         if cfg.eval_data:
-            rows = load_pairs_file(cfg.eval_data).filter(instruction=iid)
-            picked = []
-            for r in rows:
-                if iid not in r.eval_instruction_ids:
-                    continue
-                kw = r.eval_kwargs[r.eval_instruction_ids.index(iid)]
-                if kwargs and any(kw.get(k) != v for k, v in kwargs.items()):
-                    continue
-                picked.append(replace(r, instruction_id=iid, kwargs=kw, eval_instruction_ids=(iid,), eval_kwargs=(kw,)))
-            rows = PairDataset(picked, name=f"{cfg.eval_data}[{iid}]").head(cfg.n_eval)
+            picked = [r for r in self.eval_data() if matches(r, iid, kwargs)]
+            rows = PairDataset(picked, name=f"{cfg.eval_data}[{name or iid}]")
+            if cfg.n_eval:
+                rows = rows.head(cfg.n_eval)
+            if not rows:
+                raise DatasetError(f"{cfg.eval_data}: no rows check {iid}" + (f" with {kwargs}" if kwargs else ""))
         else:
-            rows = load_pairs(family, iid, split="test", kwargs=kwargs).head(cfg.n_eval)
-        rows.require_nonempty(f"evaluation rows for {iid}")
+            rows = load_pairs(family, iid, split="test", kwargs=kwargs).head(cfg.n_eval or 0)
+        rows.require_nonempty(f"evaluation rows for {name or iid}")
         check_split_hygiene(self.used_rows, rows)
         return rows
 
@@ -105,27 +151,51 @@ class Run:
         return result
 
     def score(self, rows: Sequence[PairRow], prompts: Sequence[str], responses: Sequence[str], meta: dict[str, Any]) -> dict[str, Any]:
-        """Check and score responses, keep the raw generations, return the table cells."""
-        strict, loose = score_rows(rows, responses)
+        """Check and score responses, keep the raw generations, return the table cell.
+
+        Accuracy is IFEval's prompt level (every instruction of a row followed), strict and loose, with 95%
+        Wilson intervals; ``instruction_accuracy`` is IFEval's instruction level (share of all checks).
+        Keys starting with ``_`` (per-prompt passes) feed the paired tests and are not written.
+        """
+        checks = check_rows(rows, responses)
+        strict = [all(c.strict for c in cs) for cs in checks]
+        loose = [all(c.loose for c in cs) for cs in checks]
         ppl = response_perplexities(self.reference, prompts, responses, batch_size=self.config.batch_size)
         deg = [degeneration(t) for t in responses]
         for row, prompt, text, s, lo, p, d in zip(rows, prompts, responses, strict, loose, ppl, deg):
             self.generations.append({**meta, "base_id": row.base_id, "split": row.split, "prompt": prompt, "response": text,
                                      "eval_instruction_ids": list(row.eval_instruction_ids), "strict": s, "loose": lo,
                                      "perplexity": p, "degeneration": d})
-        return {**meta, "n": len(rows), "accuracy": sum(strict) / len(rows), "loose_accuracy": sum(loose) / len(rows),
-                "perplexity": mean_perplexity(ppl), "degeneration": sum(deg) / len(deg)}
+        by_id: dict[str, list[tuple[bool, bool]]] = {}
+        for cs in checks:
+            for c in cs:
+                by_id.setdefault(c.instruction_id, []).append((c.strict, c.loose))
+        label = {k: v for k, v in meta.items() if not k.startswith("_")}
+        for iid, res in sorted(by_id.items()):
+            self.per_instruction.append({**label, "checked_id": iid, "n": len(res), **rate_cell([a for a, _ in res], "strict"),
+                                         **rate_cell([b for _, b in res], "loose")})
+        flat = [c for cs in checks for c in cs]
+        return {**meta, **rate_columns(strict, loose, [c.strict for c in flat], [c.loose for c in flat]),
+                "perplexity": mean_perplexity(ppl), "degeneration": sum(deg) / len(deg), "_ppl": list(ppl), "_deg": deg,
+                "_keys": [r.base_id for r in rows]}
 
-    def conditions_table(self, rows: PairDataset, specs: list | None, meta: dict[str, Any]) -> list[dict[str, Any]]:
-        """The four conditions for ``rows`` (steered ones only when a selection exists)."""
-        out = run_conditions(self.memo, rows, specs, CONDITIONS, self.config.max_new_tokens)
+    def conditions_table(self, rows: PairDataset, specs: list | None, meta: dict[str, Any],
+                         conditions: Sequence[str] = CONDITIONS) -> list[dict[str, Any]]:
+        """The four conditions for ``rows`` (steered ones only when a selection exists), with McNemar p-values.
+
+        The no-instruction conditions use the rows that have an instruction-free twin (none for IFEval rows).
+        """
+        twin_rows = rows.with_twin()
+        out = run_conditions(self.memo, rows, specs, conditions, self.config.max_new_tokens, no_instruction_rows=twin_rows)
         table = []
         for cond, texts in out.items():
-            prompts = rows.prompts() if cond.startswith("instruction") else rows.prompts_without_instruction()
+            used = rows if cond.startswith("instruction") else twin_rows
+            prompts = used.prompts() if cond.startswith("instruction") else used.prompts_without_instruction()
             cell_meta = {**meta, "condition": cond}
             if not cond.endswith("_steered"):  # layer, strength and mode describe the steered conditions only
                 cell_meta.update({k: None for k in ("layer", "strength", "mode", "scale") if k in meta})
                 if "steering" in meta:
                     cell_meta["steering"] = "none"
-            table.append(self.score(rows, prompts, texts, cell_meta))
+            table.append(self.score(used, prompts, texts, cell_meta))
+        attach_p_values(table, [])
         return table

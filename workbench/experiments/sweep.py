@@ -23,6 +23,7 @@ from ..data import PairDataset
 from ..directions import Direction
 from ..errors import WorkbenchError
 from ..evaluation.quality import mean_perplexity
+from ..evaluation.stats import rate_cell
 from ..models.loading import model_info
 from ..steering import SteeringSpec, make_spec
 from .conditions import GenerationMemo
@@ -218,8 +219,8 @@ def _aggregate(recs: list[dict[str, Any]]) -> dict[str, Any]:
     deg = [x for r in recs for x in r["degeneration"]]
     return {
         "n": len(strict),
-        "accuracy": sum(strict) / len(strict) if strict else math.nan,
-        "loose_accuracy": sum(loose) / len(loose) if loose else math.nan,
+        **rate_cell(strict, "accuracy"),
+        **rate_cell(loose, "loose_accuracy"),
         "perplexity": mean_perplexity(ppl),
         "degeneration": sum(deg) / len(deg) if deg else math.nan,
     }
@@ -273,12 +274,31 @@ def select(
             notes.append(f"{group}: no layer passed the quality rule ({rule})")
             continue
         best = min(ok, key=lambda r: (-r["accuracy"], r["perplexity"], r["layer"], r["coeff"]))
+        rule = describe_rule(max_ppl_ratio, max_perplexity, max_degeneration)
+        unfiltered = min((r for r in records if r["instruction_id"] == group and math.isfinite(r["perplexity"])),
+                         key=lambda r: (-r["accuracy"], r["perplexity"], r["layer"], r["coeff"]))
         selection[group] = {
             "layer": best["layer"], "coeff": best["coeff"], "mode": best["mode"], "accuracy": best["accuracy"],
             "perplexity": best["perplexity"], "baseline_accuracy": baselines.get(group, {}).get("accuracy"),
-            "baseline_perplexity": base_ppl, "perplexity_limit": limit,
+            "baseline_perplexity": base_ppl, "perplexity_limit": limit, "degeneration": best.get("degeneration"),
+            "rule": rule, "excluded_by_rule": [f"layer {r['layer']}, strength {r['coeff']:g}" for r in records
+                                               if r["instruction_id"] == group and r not in ok],
+            "most_accurate_without_rule": {"layer": unfiltered["layer"], "coeff": unfiltered["coeff"],
+                                           "accuracy": unfiltered["accuracy"], "degeneration": unfiltered.get("degeneration")},
         }
     return selection, notes
+
+
+def describe_rule(max_ppl_ratio: float | None, max_perplexity: float | None, max_degeneration: float | None) -> str:
+    """The selection rule in words, as recorded beside each selection."""
+    parts = []
+    if max_ppl_ratio is not None:
+        parts.append(f"perplexity <= {max_ppl_ratio:g} x unsteered")
+    if max_perplexity is not None:
+        parts.append(f"perplexity <= {max_perplexity:g}")
+    if max_degeneration is not None:
+        parts.append(f"degeneration <= {max_degeneration:g}")
+    return ", ".join(parts) or "none (most accurate)"
 
 
 def heatmap_records(result: SweepResult) -> list[dict[str, Any]]:

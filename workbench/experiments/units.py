@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from ..data import PairRow
-from ..evaluation.checkers import check_response
+from ..evaluation.checkers import CheckResult, check_response
 from ..evaluation.quality import degeneration, response_perplexities
 from ..steering import SteeringSpec
 from .conditions import GenerationMemo
@@ -43,14 +43,15 @@ class Unit:
                 "coeff": self.strength, "mode": self.mode, "scale": self.scale, "batch": self.batch, **result}
 
 
+def check_rows(rows: Sequence[PairRow], responses: Sequence[str]) -> list[list[CheckResult]]:
+    """Every check of every response: one :class:`CheckResult` per instruction its row asks for."""
+    return [check_response(text, row.eval_instruction_ids, row.eval_kwargs, row.prompt) for row, text in zip(rows, responses)]
+
+
 def score_rows(rows: Sequence[PairRow], responses: Sequence[str]) -> tuple[list[bool], list[bool]]:
-    """Strict and loose pass of each response on all of its row's instructions."""
-    strict, loose = [], []
-    for row, text in zip(rows, responses):
-        res = check_response(text, row.eval_instruction_ids, row.eval_kwargs, row.prompt)
-        strict.append(all(r.strict for r in res))
-        loose.append(all(r.loose for r in res))
-    return strict, loose
+    """Strict and loose pass of each response on all of its row's instructions (IFEval's prompt level)."""
+    checks = check_rows(rows, responses)
+    return [all(r.strict for r in cs) for cs in checks], [all(r.loose for r in cs) for cs in checks]
 
 
 def compute_unit(reference: Any, unit: Unit, batch_size: int, max_new_tokens: int, memo: GenerationMemo) -> dict[str, Any]:

@@ -137,21 +137,53 @@ def condition_table(records: Iterable[Mapping[str, Any]]) -> tuple[list[str], li
     return ids, list(CONDITIONS), acc
 
 
+def _interval(rec: Mapping[str, Any] | None, n_key: str = "n") -> tuple[float, float] | None:
+    """A record's 95% interval: its ``accuracy_lo/_hi`` if present, else the Wilson interval of ``accuracy`` over ``n``."""
+    if rec is None:
+        return None
+    lo, hi = rec.get("accuracy_lo"), rec.get("accuracy_hi")
+    if lo is None or hi is None:
+        n = rec.get(n_key)
+        if not isinstance(n, (int, float)) or isinstance(n, bool) or n <= 0:
+            return None
+        from ..evaluation.stats import wilson_interval
+
+        lo, hi = wilson_interval(round(float(rec["accuracy"]) * n), int(n))
+    if any(isinstance(x, float) and math.isnan(x) for x in (lo, hi)):
+        return None
+    return float(lo), float(hi)
+
+
 def conditions_figure(records: Iterable[Mapping[str, Any]], subtitle: str = ""):
-    """Grouped bars per instruction: accuracy without/with the instruction in the prompt, unsteered/steered."""
+    """Grouped bars per instruction: accuracy without/with the instruction in the prompt, unsteered/steered.
+
+    Error bars are the 95% Wilson intervals (``accuracy_lo/_hi`` of a record, or computed from its ``n``).
+    """
     import plotly.graph_objects as go
 
-    ids, conditions, acc = condition_table(records)
+    recs = condition_records(records)
+    ids, conditions, acc = condition_table(recs)
+    by_key = {(r["instruction_id"], r["condition"]): r for r in recs}
     colours = ("#c7c7c7", "#98df8a", "#7f7f7f", "#2ca02c")
     fig = go.Figure()
     for j, (cond, colour) in enumerate(zip(conditions, colours)):
         ys = [None if math.isnan(acc[i][j]) else acc[i][j] for i in range(len(ids))]
+        spans = [_interval(by_key.get((iid, cond))) for iid in ids]
+        error_y = None
+        if any(sp is not None for sp in spans):
+            error_y = dict(type="data", symmetric=False, color="#444", thickness=1.2, width=4,
+                           array=[None if sp is None or y is None else sp[1] - y for sp, y in zip(spans, ys)],
+                           arrayminus=[None if sp is None or y is None else y - sp[0] for sp, y in zip(spans, ys)])
+        labels = [None if y is None else (f"{y:.2f}" if sp is None else f"{y:.2f} [{sp[0]:.2f}, {sp[1]:.2f}]")
+                  for y, sp in zip(ys, spans)]
         fig.add_trace(
-            go.Bar(x=ids, y=ys, name=cond, marker_color=colour, text=[None if y is None else f"{y:.2f}" for y in ys],
-                   textposition="outside", hovertemplate="%{x}<br>" + cond + ": %{y:.3f}<extra></extra>")
+            go.Bar(x=ids, y=ys, name=cond, marker_color=colour, error_y=error_y, text=[None if y is None else f"{y:.2f}" for y in ys],
+                   textposition="inside", customdata=labels,
+                   hovertemplate="%{x}<br>" + cond + ": %{customdata}<extra></extra>")
         )
     fig.update_layout(
-        title=_title("Instruction accuracy in four conditions", subtitle), barmode="group", yaxis=dict(title="accuracy", range=[0, 1.1]),
+        title=_title("Instruction accuracy in four conditions (95% intervals)", subtitle), barmode="group",
+        yaxis=dict(title="accuracy", range=[0, 1.1]),
         template="plotly_white", legend=dict(orientation="h", y=-0.25), width=max(700, 260 * len(ids)), height=500,
     )
     return fig
