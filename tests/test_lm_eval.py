@@ -301,3 +301,75 @@ def test_lm_eval_greedy_tokens_equal_workbench_generate(tiny, title, lm_eval_mod
         theirs = out[0, ctx.shape[1]:].tolist()
         cut = next((i + 1 for i, t in enumerate(mine) if t in eos), len(mine))
         assert cut >= 4 and theirs[:cut] == list(mine)[:cut]
+
+
+# --- IFEval cross-check: the workbench's checks against lm-eval's vendored checkers ---------
+def _record(row, response: str, name: str | None = None, condition: str = "instruction") -> dict:
+    return {"experiment": "format", "instruction_id": name or row.instruction_id, "condition": condition,
+            "base_id": row.base_id, "split": row.split, "prompt": row.prompt if condition == "instruction" else row.prompt_without_instruction,
+            "response": response, "eval_instruction_ids": list(row.eval_instruction_ids)}
+
+
+def test_crosscheck_resolves_builtin_kwargs_and_agrees(tmp_path, capsys):
+    pytest.importorskip("lm_eval")
+    import json
+
+    from workbench.interop.ifeval_crosscheck import crosscheck, read_generations
+
+    fr = wb.load_pairs("format", "language:response_language", "test", kwargs={"language": "fr"}).rows[0]
+    title_row = wb.load_pairs("format", TITLE, "test").rows[0]
+    records = [
+        _record(fr, "Bonjour à tous ! Nous sommes très heureux de vous accueillir dans notre club d'échecs.",
+                name="language:response_language_fr"),  # the reproduce run's target name for the French rows
+        _record(fr, "Hello everyone, and welcome to our chess club; we are glad you are here.",
+                name="language:response_language_fr", condition="no_instruction"),
+        _record(title_row, "<<A Warm Welcome>>\n\nDear members, welcome."),
+        _record(title_row, "Dear members, welcome."),
+        {**_record(title_row, "x"), "experiment": "composition"},  # kwargs not recoverable: skipped, counted
+    ]
+    path = tmp_path / "generations.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    report = crosscheck(read_generations(path))
+    assert report.n_records == 5 and sum(report.skipped.values()) == 1
+    got = [(s.instruction_id, s.ours_strict, s.theirs_strict) for s in report.scored]
+    assert got == [("language:response_language", True, True), ("language:response_language", False, False),
+                   (TITLE, True, True), (TITLE, False, False)]
+    rows = {r["instruction_id"]: r for r in report.rows()}
+    assert rows["all"]["n"] == 4 and rows["all"]["strict_agree"] == 4 and rows["all"]["loose_agree"] == 4
+    assert main(["interop", "ifeval-crosscheck", str(path), "--out", str(tmp_path / "agree.md")]) == 0
+    assert "| all | 4 | 4/4 | 4/4 |" in (tmp_path / "agree.md").read_text()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize(
+    "response, ours, theirs",
+    [
+        # if-verifiable strips the response first, so its loose "remove the first line" drops "Sure! HERE."
+        ("\nSure! HERE.\nall lowercase text here", (False, True), (False, False)),
+        # if-verifiable drops a <think>...</think> block before checking; lm-eval checks it too
+        ("<think>PLAN</think>all lowercase", (True, True), (False, False)),
+        ("all lowercase, no preamble", (True, True), (True, True)),
+    ],
+)
+def test_crosscheck_known_differences(response, ours, theirs):
+    pytest.importorskip("lm_eval")
+    from workbench.evaluation.checkers import check_response
+    from workbench.interop.ifeval_crosscheck import lm_eval_scores
+
+    (mine,) = check_response(response, ["change_case:english_lowercase"], [{}], "")
+    assert (mine.strict, mine.loose) == ours
+    assert lm_eval_scores(response, ["change_case:english_lowercase"], [{}], "") == [theirs]
+
+
+def test_crosscheck_bad_input(tmp_path, capsys):
+    from workbench.interop.ifeval_crosscheck import read_generations
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"response": "a"}\nnot json\n', encoding="utf-8")
+    with pytest.raises(wb.DatasetError, match=r"bad.jsonl:2: not JSON"):
+        read_generations(bad)
+    (tmp_path / "empty.jsonl").write_text("\n", encoding="utf-8")
+    with pytest.raises(wb.DatasetError, match="no generations"):
+        read_generations(tmp_path / "empty.jsonl")
+    assert main(["interop", "ifeval-crosscheck", str(tmp_path / "missing.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err

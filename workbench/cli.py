@@ -211,9 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="docs/bench.json", help="JSON report ('' for none)")
     b.set_defaults(func=cmd_bench)
 
-    from .interop.cli import register as register_interop
+    from .interop.cli import register as register_interop, register_top as register_interop_top
 
     register_interop(dsub)
+    register_interop_top(sub)
 
     from .experiments.cli import register as register_experiments
 

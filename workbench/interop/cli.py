@@ -138,3 +138,33 @@ def register(dsub: Any) -> None:
     i.add_argument("--name", default=None, help="direction name (default: from the file)")
     i.add_argument("--layers", default=None, help="layers of the rows of a plain tensor file, e.g. 20-24")
     i.set_defaults(func=cmd_directions_import)
+
+
+def cmd_interop_ifeval_crosscheck(args: argparse.Namespace) -> int:
+    """Score a generations.jsonl with the workbench's and lm-eval's IFEval checkers; print the agreement table."""
+    from ..io import write_text_atomic
+    from .ifeval_crosscheck import crosscheck, read_generations
+
+    report = crosscheck(read_generations(args.file))
+    text = report.markdown()
+    bad = report.disagreements()
+    for s in bad[: args.show]:
+        text += (f"\n- {s.instruction_id}: ours strict {s.ours_strict} / loose {s.ours_loose}, "
+                 f"lm-eval strict {s.theirs_strict} / loose {s.theirs_loose}: {s.response[:160]!r}")
+    print(f"{args.file}: {report.n_records} records, {len(report.scored)} checks, {len(bad)} disagree\n")
+    print(text)
+    if args.out:
+        write_text_atomic(args.out, text + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+def register_top(sub: Any) -> None:
+    """Add ``workbench interop ifeval-crosscheck`` to the top-level subparsers."""
+    p = sub.add_parser("interop", help="checks against other tools (lm-evaluation-harness IFEval scoring)")
+    isub = p.add_subparsers(dest="interop_command", required=True)
+    c = isub.add_parser("ifeval-crosscheck", help="score a reproduce run's generations.jsonl with ours and lm-eval's IFEval checkers")
+    c.add_argument("file", help="generations.jsonl of a reproduce run")
+    c.add_argument("--out", default=None, help="also write the Markdown table here")
+    c.add_argument("--show", type=int, default=10, help="disagreeing responses to print (default 10)")
+    c.set_defaults(func=cmd_interop_ifeval_crosscheck)
