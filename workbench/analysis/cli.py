@@ -1,0 +1,73 @@
+"""``workbench analyze {attribution,attention,patching,necessity,reliability}``: registered by :func:`register`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from typing import Any
+
+from ..arguments import int_list
+from ..errors import WorkbenchError
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Load the model, run one analysis, write its figure (HTML, PNG) and JSON record, print a summary."""
+    from ..directions import Direction
+    from ..figures.export import check_image_export
+    from ..models import load_model
+    from .run import AnalysisSizes, run_analysis, short_name, write_outputs
+
+    sizes = AnalysisSizes()
+    for field in ("n_train", "n_pairs", "n_patch_pairs", "layer_stride", "n_positions"):
+        value = getattr(args, field)
+        if value is not None:
+            if value < 1:
+                raise WorkbenchError(f"--{field.replace('_', '-')} must be >= 1, got {value}")
+            sizes = replace(sizes, **{field: value})
+    direction = Direction.load(args.direction) if args.direction else None  # read before the slow model load
+    if args.images:
+        check_image_export()
+    model = load_model(args.model, device=args.device)
+    _, fig, record = run_analysis(
+        args.analysis, model, args.instruction, layer=args.layer, layers=int_list(args.layers), sizes=sizes,
+        direction=direction, target=args.target,
+    )
+    stem = f"analysis_{args.analysis}_{short_name(args.instruction)}"
+    for path in write_outputs([(fig, stem, record)], args.out, images=args.images):
+        print(f"wrote {path}")
+    brief = {k: v for k, v in record.items() if k not in ("mean", "labels", "sizes")}
+    print(json.dumps(brief, indent=1, default=str)[:4000])
+    return 0
+
+
+def register(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``analyze`` subcommand to the ``workbench`` parser's subparsers."""
+    from ..models.registry import DEFAULT_MODEL
+    from .run import ANALYSES
+
+    p = subparsers.add_parser(
+        "analyze",
+        help="where the instruction lives: attribution, attention, patching, necessity, reliability",
+        description="Component attribution of a direction, attention to the instruction's tokens, activation "
+        "patching (layer x position), necessity/sufficiency of the direction per layer, and its reliability.",
+    )
+    p.add_argument("analysis", choices=ANALYSES)
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name, local folder or hub id (default {DEFAULT_MODEL})")
+    p.add_argument("--instruction", default="detectable_format:title", help="built-in instruction id (default detectable_format:title)")
+    p.add_argument("--layer", type=int, help="attribution layer / reliability pair-count curve layer (default 0.7 of the depth)")
+    p.add_argument("--layers", help="layers for attention, patching, necessity, reliability, e.g. 0-29 or 0,6,12 (default: all, "
+                   "patching and necessity every --layer-stride)")
+    p.add_argument("--direction", help="a saved direction file instead of computing one from the train pairs")
+    p.add_argument("--target", help="patching/necessity metric: teacher-forced log-probability of this continuation (e.g. '<<'); "
+                   "default: KL shift of the first response token")
+    p.add_argument("--n-train", type=int, help="train pairs for the direction and reliability (default 64)")
+    p.add_argument("--n-pairs", type=int, help="validation pairs for attribution and attention (default 16)")
+    p.add_argument("--n-patch-pairs", type=int, help="validation pairs for patching and necessity (default 4)")
+    p.add_argument("--layer-stride", type=int, help="patching/necessity layer grid stride (default 3, plus the last layer)")
+    p.add_argument("--n-positions", type=int, help="patching: positions from the end (default 12)")
+    p.add_argument("--out", default="figures", help="output folder (default figures)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--no-images", dest="images", action="store_false", help="write HTML and JSON only (no PNG)")
+    p.set_defaults(func=cmd_analyze)
+    return p
