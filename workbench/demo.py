@@ -14,6 +14,8 @@ from typing import Any, Callable
 from .data import load_pairs
 from .directions import direction_from_activations, pair_activations
 from .evaluation import follow_rate
+from .evaluation.quality import degeneration
+from .evaluation.stats import wilson_interval
 from .figures import projection_figure, save_figure
 from .generation import generate
 from .io import write_json_atomic
@@ -29,7 +31,7 @@ class DemoInstruction:
     family: str
     layer: int
     mode: str = "project"
-    coeff: float = 1.0
+    strength: float = 1.0  # as in the sweep: project -> target = strength x proj_with; add -> strength x |v_layer|
     kwargs: dict[str, Any] | None = None
     max_new_tokens: int = 64
     label: str = ""
@@ -39,13 +41,13 @@ class DemoInstruction:
 DEMO_INSTRUCTIONS = (
     DemoInstruction("detectable_format:title", "format", layer=26, max_new_tokens=48, label="title in <<double angular brackets>>"),
     DemoInstruction("keywords:existence", "keywords", layer=24, kwargs={"keywords": ["ocean"]}, max_new_tokens=96, label="include the word 'ocean'"),
-    DemoInstruction("detectable_format:multiple_sections", "format", layer=24, max_new_tokens=96, label="3 sections marked 'Section 1', 'Section 2', ..."),
+    DemoInstruction("detectable_format:multiple_sections", "format", layer=24, max_new_tokens=96, label="2-5 sections marked 'Section 1', 'PARAGRAPH 1', ..."),
 )
 
 
 @dataclass
 class DemoResult:
-    """Measured follow rates for one instruction (shares of the evaluation prompts)."""
+    """Measured follow rates for one instruction (shares of the evaluation prompts) and the responses' repetition."""
 
     instruction: DemoInstruction
     n_eval: int
@@ -53,6 +55,20 @@ class DemoResult:
     rate_steered: float
     rate_instructed: float
     examples: list[tuple[str, str, str]] = field(default_factory=list)
+    repetition_unsteered: float = 0.0  # mean share of repeated 3-grams (workbench.evaluation.quality.degeneration)
+    repetition_steered: float = 0.0
+    repetition_instructed: float = 0.0
+
+    @property
+    def meets_rule(self) -> bool:
+        """Whether the steered responses meet reproduce's default repetition rule (degeneration <= the limit)."""
+        from .experiments.config import DEFAULT_MAX_DEGENERATION
+
+        return self.repetition_steered <= DEFAULT_MAX_DEGENERATION
+
+
+def _repetition(texts: list[str]) -> float:
+    return sum(degeneration(t) for t in texts) / len(texts) if texts else 0.0
 
 
 def _shorten(text: str, n: int = 160) -> str:
@@ -99,7 +115,9 @@ def run_demo(
         gen = dict(max_new_tokens=spec.max_new_tokens, batch_size=10, progress=True)
         say(f"  generating for {len(evals)} validation prompts: unsteered, steered (layer {spec.layer}, {spec.mode}), with the instruction ...")
         unsteered = generate(model, plain, **gen)
-        with steer(model, direction, layer=spec.layer, mode=spec.mode, coeff=spec.coeff):
+        from .experiments.sweep import steering_spec
+
+        with steer(model, steering_spec(direction, spec.layer, spec.strength, spec.mode)):
             steered = generate(model, plain, **gen)
         instructed = generate(model, evals.prompts(), **gen)
         result = DemoResult(
@@ -109,6 +127,9 @@ def run_demo(
             rate_steered=follow_rate(evals, steered),
             rate_instructed=follow_rate(evals, instructed),
             examples=list(zip(plain, unsteered, steered))[:n_examples],
+            repetition_unsteered=_repetition(unsteered),
+            repetition_steered=_repetition(steered),
+            repetition_instructed=_repetition(instructed),
         )
         results.append(result)
         for prompt, before, after in result.examples:
@@ -117,13 +138,19 @@ def run_demo(
             say(f"  steered:   {_shorten(after)}\n")
     say(_table(results))
     say(
+        "Each cell: followed / prompts, the 95% Wilson interval, and the responses' repetition (mean share of\n"
+        "repeated 3-grams; unsteered text is about 0.02-0.05). Steering that raises the rate by repeating itself\n"
+        "fails reproduce's selection rule (repetition <= the --max-degeneration limit, docs/reproduce.md).\n"
         "A direction can only steer toward what the model represents: where SmolLM2-135M does not\n"
         "follow an instruction even when told, its direction moves little (see docs/demo.md)."
     )
     write_json_atomic(results_dir / "summary.json", [
         {"instruction_id": r.instruction.instruction_id, "kwargs": r.instruction.kwargs, "layer": r.instruction.layer,
-         "mode": r.instruction.mode, "n_eval": r.n_eval, "rate_without_instruction_unsteered": r.rate_unsteered,
-         "rate_without_instruction_steered": r.rate_steered, "rate_with_instruction_unsteered": r.rate_instructed}
+         "mode": r.instruction.mode, "strength": r.instruction.strength, "n_eval": r.n_eval,
+         "rate_without_instruction_unsteered": r.rate_unsteered, "rate_without_instruction_steered": r.rate_steered,
+         "rate_with_instruction_unsteered": r.rate_instructed, "repetition_without_instruction_unsteered": r.repetition_unsteered,
+         "repetition_without_instruction_steered": r.repetition_steered,
+         "repetition_with_instruction_unsteered": r.repetition_instructed, "steered_meets_repetition_rule": r.meets_rule}
         for r in results
     ])
     say(f"\nFigure: {figure_path}\nDirections and summary: {results_dir}/\nDone in {time.time() - start:.0f} s.")
@@ -131,13 +158,21 @@ def run_demo(
 
 
 def _table(results: list[DemoResult]) -> str:
-    head = "| instruction | layer, mode | no instruction, unsteered | no instruction, steered | instruction in prompt |"
+    head = ("| instruction | layer, mode, strength | no instruction, unsteered | no instruction, steered | "
+            "instruction in prompt |")
     lines = [head, "|---|---|---|---|---|"]
     for r in results:
         n = r.n_eval
-        cell = lambda rate: f"{round(rate * n)}/{n}"  # noqa: E731
+
+        def cell(rate: float, repetition: float) -> str:
+            k = round(rate * n)
+            lo, hi = wilson_interval(k, n)
+            return f"{k}/{n} ({100 * lo:.0f}-{100 * hi:.0f}%), rep. {repetition:.2f}"
+
+        rule = "" if r.meets_rule else " (fails the repetition rule)"
         lines.append(
-            f"| {r.instruction.label} | {r.instruction.layer}, {r.instruction.mode} | {cell(r.rate_unsteered)} | "
-            f"{cell(r.rate_steered)} | {cell(r.rate_instructed)} |"
+            f"| {r.instruction.label} | {r.instruction.layer}, {r.instruction.mode}, {r.instruction.strength:g} | "
+            f"{cell(r.rate_unsteered, r.repetition_unsteered)} | {cell(r.rate_steered, r.repetition_steered)}{rule} | "
+            f"{cell(r.rate_instructed, r.repetition_instructed)} |"
         )
     return "\n".join(lines)

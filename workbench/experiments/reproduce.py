@@ -115,11 +115,12 @@ def exp_format(run: Run) -> dict[str, Any]:
     """Per-instruction accuracy under the four conditions, steering at the selected layer."""
     cfg = run.config
     targets = _format_targets(run, cfg.instructions or [])
+    evals = {t.name: run.eval_rows("format", iid, kwargs, name=t.name) for t, iid, kwargs in targets}  # bad data fails here
     sweep = run.sweep([t for t, _, _ in targets])
     table: list[dict[str, Any]] = []
     for t, iid, kwargs in targets:
         sel = sweep.selection.get(t.name)
-        rows = run.eval_rows("format", iid, kwargs, name=t.name)
+        rows = evals[t.name]
         run.say(f"  {t.name}: four conditions on {len(rows)} evaluation prompts")
         table += run.conditions_table(rows, _specs_for(run, t.direction, sel, t.mode), {"instruction_id": t.name, **_sel_meta(sel, t.mode)})
     table += _pooled(table, ["condition"], {"instruction_id": "all"})
@@ -171,11 +172,12 @@ def exp_length(run: Run) -> dict[str, Any]:
     cfg = run.config
     ns = cfg.targets or [1, 3]
     direction, targets = _length_targets(run, ns)
+    evals = {n: run.eval_rows("length", LENGTH_ID, length_kwargs(n)) for n in ns}  # bad data fails before the sweep
     sweep = run.sweep(targets)
     sel = sweep.selection.get("length")
     table: list[dict[str, Any]] = []
     for n in ns:
-        rows = run.eval_rows("length", LENGTH_ID, length_kwargs(n))
+        rows = evals[n]
         specs = _specs_for(run, direction, sel, "add", length_scale(n))
         run.say(f"  at most {n} sentence(s): four conditions on {len(rows)} evaluation prompts")
         meta = {"target_n": n, **_sel_meta(sel, "add"), "scale": length_scale(n)}
@@ -199,7 +201,9 @@ def _length_distribution(run: Run, direction: Direction, sel: dict | None, ns: S
     if sel is None:
         return []
     cfg = run.config
-    rows = run.eval_rows("length", LENGTH_ID, length_kwargs(ns[0]))
+    rows = run.eval_rows("length", LENGTH_ID, length_kwargs(ns[0])).with_twin()
+    if not rows:  # e.g. IFEval rows: no prompt without the instruction
+        return []
     prompts = rows.prompts_without_instruction()
     out = []
     for s in [0.0, *(cfg.strengths or [])]:
@@ -228,15 +232,16 @@ def exp_keywords(run: Run) -> dict[str, Any]:
         train = run.builtin("keywords", "keywords:existence", "train", cfg.n_train or 0, kw)
         val = run.builtin("keywords", "keywords:existence", "validation", cfg.n_val or 0, kw)
         targets.append(SweepTarget(f"include:{w}", val, run.direction(f"include:{w}", train), "add"))
+    evals = {w: (run.eval_rows("keywords", "keywords:existence", {"keywords": [w]}),
+                 run.eval_rows("keywords", "keywords:forbidden_words", {"forbidden_words": [w]})) for w in cfg.words or []}
     sweep = run.sweep(targets)
     table: list[dict[str, Any]] = []
     for t, w in zip(targets, cfg.words or []):
         sel = sweep.selection.get(t.name)
-        inc = run.eval_rows("keywords", "keywords:existence", {"keywords": [w]})
+        inc, exc = evals[w]
         run.say(f"  {w}: inclusion and exclusion on {len(inc)} evaluation prompts each")
         table += run.conditions_table(inc, _specs_for(run, t.direction, sel, "add"),
                                       {"word": w, "task": "include", "steering": "add", **_sel_meta(sel, "add")})
-        exc = run.eval_rows("keywords", "keywords:forbidden_words", {"forbidden_words": [w]})
         for how in ("subtract", "ablate"):
             specs = None
             if sel is not None:
@@ -273,13 +278,14 @@ def exp_composition(run: Run) -> dict[str, Any]:
     fmt_targets = _format_targets(run, cfg.instructions or [TITLE_ID])
     ns = cfg.targets or [2]
     length_dir, len_targets = _length_targets(run, ns)
+    combined = {(t.name, n): _combined_rows(run, t.name, iid, kwargs, n) for t, iid, kwargs in fmt_targets for n in ns}
     sweep = run.sweep([*(t for t, _, _ in fmt_targets), *len_targets])
     len_sel = sweep.selection.get("length")
     table: list[dict[str, Any]] = []
     for t, iid, kwargs in fmt_targets:
         fsel = sweep.selection.get(t.name)
         for n in ns:
-            rows = _combined_rows(run, t.name, iid, kwargs, n)
+            rows = combined[(t.name, n)]
             fspec = _specs_for(run, t.direction, fsel, t.mode)
             lspec = _specs_for(run, length_dir, len_sel, "add", length_scale(n))
             sets = {"none": [], "format": fspec, "length": lspec, "both": None if fspec is None or lspec is None else fspec + lspec}

@@ -42,6 +42,17 @@ def rate_columns(strict: Sequence[bool], loose: Sequence[bool], inst_strict: Seq
             "_strict": list(strict), "_loose": list(loose), "_inst_strict": list(inst_strict), "_inst_loose": list(inst_loose)}
 
 
+def kwargs_used(rows: Sequence[PairRow]) -> list[dict[str, Any]]:
+    """The instruction arguments of ``rows`` with how many rows used each (recorded with a direction)."""
+    import json
+
+    counts: dict[str, int] = {}
+    for r in rows:
+        key = json.dumps(r.kwargs, sort_keys=True)
+        counts[key] = counts.get(key, 0) + 1
+    return [{"kwargs": json.loads(k), "rows": n} for k, n in sorted(counts.items())]
+
+
 def attach_p_values(table: list[dict[str, Any]], identity: Sequence[str], key: str = "condition",
                     twins: dict[str, str] | None = None, column: str = "accuracy_p") -> None:
     """McNemar p-value of each steered cell against its unsteered twin (same identity, same prompts)."""
@@ -126,7 +137,7 @@ class Run:
             self.directions[name] = direction_from_activations(
                 self._acts(rows.prompts()), self._acts(rows.prompts_without_instruction()), layers=range(n), name=name,
                 model_name=model_info(self.model).name, n_model_layers=n, data_hash=rows.hash(),
-                extra={"instruction_ids": rows.instruction_ids(), "split": "train"},
+                extra={"instruction_ids": rows.instruction_ids(), "split": "train", "kwargs": kwargs_used(rows)},
             )
         return self.directions[name]
 
