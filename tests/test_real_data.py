@@ -241,3 +241,39 @@ def test_direction_records_the_instruction_arguments_it_was_learned_from(tiny, t
     assert {u["kwargs"]["section_spliter"] for u in used} <= {"Section", "SECTION", "PARAGRAPH", "Part"}
     d.save(tmp_path / "d.safetensors")
     assert wb.Direction.load(tmp_path / "d.safetensors").extra["kwargs"] == used
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--word", ""], "--word: a keyword must be a non-empty word or phrase"),
+    (["--words-file", "EMPTY"], "no words in the file"),
+    (["--eval-data", "NEITHER"], "neither schema"),
+    (["--eval-data", "NEITHER", "--fields", "prompt=question"], "which line 1 lacks"),
+    (["--fields", "prompt=question"], "--fields maps the fields of an --eval-data file"),
+])
+def test_reproduce_cli_bad_data_is_one_line(tmp_path, capsys, args, message):
+    from workbench.cli import main
+
+    (tmp_path / "empty.txt").write_text("\n \n", encoding="utf-8")
+    write_jsonl(tmp_path / "neither.jsonl", [{"text": "hello", "label": 1}])
+    args = [{"EMPTY": str(tmp_path / "empty.txt"), "NEITHER": str(tmp_path / "neither.jsonl")}.get(a, a) for a in args]
+    experiment = "keywords" if "--word" in args or "--words-file" in args else "format"
+    assert main(["reproduce", experiment, "--model", "tiny-random-llama", "--out", str(tmp_path / "out"), *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("workbench: error:") and message in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_figures_draw_the_intervals():
+    from workbench.figures.sweeps import conditions_figure, strength_figure
+
+    conds = [{"instruction_id": TITLE, "condition": c, "accuracy": a, "n": 20}
+             for c, a in (("no_instruction", 0.0), ("no_instruction_steered", 0.35), ("instruction", 0.5), ("instruction_steered", 0.9))]
+    fig = conditions_figure(conds)
+    bar = fig.data[1]
+    lo, hi = wilson_interval(7, 20)
+    assert bar.error_y.array[0] == pytest.approx(hi - 0.35) and bar.error_y.arrayminus[0] == pytest.approx(0.35 - lo)
+    sweep = [{"instruction_id": TITLE, "layer": 3, "coeff": c, "accuracy": a, "perplexity": 2.0, "n": 10}
+             for c, a in ((1.0, 0.1), (2.0, 0.5))]
+    fig = strength_figure(sweep, layer=3)
+    lo, hi = wilson_interval(5, 10)
+    assert fig.data[0].error_y.array[1] == pytest.approx(hi - 0.5)

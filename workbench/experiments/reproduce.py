@@ -402,6 +402,10 @@ def run_reproduce(config: ReproduceConfig, say: Callable[[str], None] = print, m
     if config.experiment not in EXPERIMENTS:
         raise WorkbenchError(f"unknown experiment {config.experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
     make_executor(config.executor, address=config.address, workers=config.workers)  # fail at once (e.g. Ray not installed)
+    if config.eval_data:  # a bad evaluation file fails before the model is loaded
+        from ..data import read_pairs_file
+
+        read_pairs_file(config.eval_data, config.fields, config.convention)
     threads_before = torch.get_num_threads()
     try:
         return _run(config, say, model)

@@ -110,8 +110,17 @@ def strength_figure(
     recs = list(records)
     coeffs, acc, ppl = strength_curve(recs, layer, instruction_id)
     iid = sweep_grid(recs, instruction_id).instruction_id
+    at = {float(r["coeff"]): r for r in recs if r.get("instruction_id") == iid and r.get("layer") is not None
+          and int(r["layer"]) == int(layer)}
+    spans = [_interval(at.get(float(c))) for c in coeffs]
+    error_y = None
+    if any(sp is not None for sp in spans):  # 95% Wilson intervals where the records carry them (or their n)
+        error_y = dict(type="data", symmetric=False, color="#2ca02c", thickness=1.2, width=4,
+                       array=[None if sp is None else sp[1] - a for sp, a in zip(spans, acc)],
+                       arrayminus=[None if sp is None else a - sp[0] for sp, a in zip(spans, acc)])
     fig = go.Figure()
-    fig.add_trace(go.Scatter(x=coeffs, y=acc, name="accuracy", mode="lines+markers", line=dict(color="#2ca02c")))
+    fig.add_trace(go.Scatter(x=coeffs, y=acc, name="accuracy (95% interval)", mode="lines+markers", line=dict(color="#2ca02c"),
+                             error_y=error_y))
     fig.add_trace(
         go.Scatter(
             x=coeffs, y=[None if math.isnan(v) else v for v in ppl], name="perplexity", yaxis="y2",
