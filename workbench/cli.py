@@ -13,11 +13,43 @@ from .arguments import int_list
 from .errors import WorkbenchError
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--max-new-tokens 0`` is an error, not a fallback)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def device_arg(text: str) -> str:
+    """argparse type: a device this machine has (``cuda`` on a CPU-only torch fails here, before any work)."""
+    from .models.loading import check_device
+
+    try:
+        return check_device(text)
+    except WorkbenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def output_file(text: str) -> str:
+    """argparse type: a file path that is not a folder and can be written (checked before any work)."""
+    from .io import check_output_file
+
+    try:
+        check_output_file(text)
+    except WorkbenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--out {text}: ")) from None
+    return text
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     from .models.registry import DEFAULT_MODEL
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name, local folder or hub id (default {DEFAULT_MODEL})")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--dtype", default=None, help="float32 (default), bfloat16, float16")
 
 
@@ -31,6 +63,10 @@ def _load(args: argparse.Namespace):
 def cmd_models(args: argparse.Namespace) -> int:
     from .models.inventory import inventory
 
+    if args.check:
+        from .models.check import print_checks
+
+        return print_checks(args.check, device=args.device, compiled=not args.no_compiled, max_new_tokens=args.max_new_tokens)
     rows = inventory()
     header = ("name", "installed", "cached", "size", "layers", "d_model", "prompts", "install")
     table = [header] + [
@@ -71,6 +107,12 @@ def cmd_directions_compute(args: argparse.Namespace) -> int:
             raise WorkbenchError("give --instruction ID (built-in pairs) or --pairs FILE")
         pairs = load_pairs(args.family or family_of(args.instruction), args.instruction, split=args.split, kwargs=kwargs)
     pairs.require_nonempty("directions compute")
+    from .directions import check_distinct_layers, check_pairs_differ
+
+    layers = int_list(args.layers)
+    if layers is not None:
+        check_distinct_layers(layers)
+    check_pairs_differ(pairs)
     ids = pairs.instruction_ids()
     if len(ids) > 1 and not args.pool:
         raise WorkbenchError(
@@ -78,7 +120,7 @@ def cmd_directions_compute(args: argparse.Namespace) -> int:
             "pick one with --instruction, or pass --pool to compute one pooled direction"
         )
     model = _load(args)
-    direction = compute_direction(model, pairs, layers=int_list(args.layers), hook=args.hook, batch_size=args.batch_size)
+    direction = compute_direction(model, pairs, layers=layers, hook=args.hook, batch_size=args.batch_size, truncate=args.truncate)
     direction.save(args.out)
     best = int(direction.norms.argmax())
     print(f"wrote {args.out}: {direction!r}; largest mean difference at layer {direction.layers[best]}")
@@ -125,7 +167,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         texts = generate(
             model, args.prompt, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
             use_cache=not args.no_cache, do_sample=args.sample, temperature=args.temperature, seed=args.seed,
-            progress=len(args.prompt) > args.batch_size, backend=args.backend,
+            progress=len(args.prompt) > args.batch_size, backend=args.backend, truncate=args.truncate,
+            parse_special_tokens=args.parse_special_tokens,
         )
     for prompt, text in zip(args.prompt, texts):
         if len(args.prompt) > 1:
@@ -157,6 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list built-in models: installed, cached, size, layers, d_model")
+    p.add_argument("--check", metavar="PATH", help="check a checkpoint (folder or name): steered greedy tokens equal on every "
+                   "generation path, plain extraction equal to the bridge's; one pass/fail line per path")
+    p.add_argument("--device", type=device_arg, default=None, help="device for --check (default: cuda when available)")
+    p.add_argument("--no-compiled", action="store_true", help="--check: skip the compiled path (torch.compile is slow on CPUs)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=10, help="--check: greedy tokens per prompt (default 10)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("directions", help="compute or convert instruction directions")
@@ -171,8 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pool", action="store_true", help="pool several instructions into one direction")
     c.add_argument("--layers", help="layers to compute, e.g. 10,12,20-24 (default all)")
     c.add_argument("--hook", default="resid_post", choices=("resid_pre", "resid_mid", "resid_post"))
-    c.add_argument("--batch-size", type=int, default=16)
-    c.add_argument("--out", required=True, help="output .safetensors file")
+    c.add_argument("--batch-size", type=positive_int, default=16)
+    c.add_argument("--truncate", choices=("left",), default=None,
+                   help="prompts longer than the model's context: drop their earliest tokens (default: refuse them)")
+    c.add_argument("--out", type=output_file, required=True, help="output .safetensors file")
     c.set_defaults(func=cmd_directions_compute)
 
     g = sub.add_parser("generate", help="generate (optionally steered) responses")
@@ -184,8 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--target", type=float, action="append", help="projection target for project mode")
     g.add_argument("--mode", default="add", choices=("add", "project", "ablate"))
     g.add_argument("--positions", default="all", choices=("all", "prompt", "generated"))
-    g.add_argument("--max-new-tokens", type=int, default=96)
-    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--max-new-tokens", type=positive_int, default=96)
+    g.add_argument("--batch-size", type=positive_int, default=8)
+    g.add_argument("--truncate", choices=("left",), default=None,
+                   help="a prompt past the context (with the new tokens): drop its earliest tokens (default: refuse it)")
+    g.add_argument("--parse-special-tokens", action="store_true",
+                   help="parse control tokens such as <|im_start|> written in --prompt (default: they are plain text)")
     g.add_argument("--no-cache", action="store_true", help="reference loop: re-run the full sequence per token")
     g.add_argument("--backend", default="auto", choices=("auto", "plain", "compiled", "bridge"),
                    help="KV-cached decoding path; 'compiled' compiles the decoding step once (faster long batch-1 runs)")
@@ -196,9 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="compute three instruction directions on SmolLM2 and steer with them")
     d.add_argument("--model", default="smollm2-135m-instruct")
-    d.add_argument("--device", default=None)
-    d.add_argument("--n-eval", type=int, default=20, help="validation prompts per instruction")
-    d.add_argument("--n-train", type=int, default=120, help="training pairs per instruction")
+    d.add_argument("--device", type=device_arg, default=None)
+    d.add_argument("--n-eval", type=positive_int, default=20, help="validation prompts per instruction")
+    d.add_argument("--n-train", type=positive_int, default=120, help="training pairs per instruction")
     d.add_argument("--out", default="figures", help="folder for the figure")
     d.set_defaults(func=cmd_demo)
 
@@ -238,6 +292,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("workbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `workbench generate ... | head -1`: the reader left; no traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python flushes stdout at exit: let that go nowhere
+        return 141
 
 
 if __name__ == "__main__":

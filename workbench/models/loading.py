@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,7 +97,15 @@ def _prepare_from_parts(spec: BuiltinModel, folder: Path) -> Path:
 
 
 def _resolve(name_or_path: str) -> tuple[str, str, str | None]:
-    """Return ``(display name, path or hub id, prompt style or None to infer)``."""
+    """Return ``(display name, local path, prompt style or None to infer)``; offline-first.
+
+    A built-in name, then a local folder, then the local Hugging Face cache; only a name found
+    in none of them goes to the hub, with one quick request (no retries), so an unknown name
+    or a typo fails in a second, also with networking blocked.
+    """
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise ModelNotFoundError(f"a model name or folder must be a non-empty string, got {name_or_path!r}")
+    name_or_path = str(name_or_path)
     if name_or_path in BUILTIN_MODELS:
         spec = BUILTIN_MODELS[name_or_path]
         if not spec.is_installed():
@@ -104,35 +113,85 @@ def _resolve(name_or_path: str) -> tuple[str, str, str | None]:
         return spec.name, str(prepare_builtin(spec)), spec.prompt_style
     path = Path(name_or_path).expanduser()
     if path.exists():
-        if not (path / "config.json").is_file():
+        if not path.is_dir() or not (path / "config.json").is_file():
             raise ModelNotFoundError(f"{path}: not a model folder (no config.json)")
         return path.name, str(path), None
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
-        raise ModelNotFoundError(f"{name_or_path}: no such model folder")
-    return name_or_path, name_or_path, None
+        raise ModelNotFoundError(f"{name_or_path}: no such model folder{_did_you_mean(name_or_path)}")
+    return name_or_path, _hub_snapshot(name_or_path), None
 
 
-def _check_hub_id(hub_id: str) -> None:
-    """Fail fast and clearly when a hub id is neither cached locally nor downloadable."""
-    from transformers import AutoConfig
+def _did_you_mean(name: str) -> str:
+    """`` (did you mean 'tiny-random-llama'?)`` for a near-miss of a built-in name, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), list(BUILTIN_MODELS), n=2, cutoff=0.75)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One request to the hub endpoint, no retries: False when offline, blocked or unresolvable."""
+    try:
+        from huggingface_hub import constants
+        from huggingface_hub.utils import get_session
+
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+        return True
+    except Exception:  # noqa: BLE001  (any network failure means: not reachable)
+        return False
+
+
+def _hub_snapshot(hub_id: str) -> str:
+    """The local folder of a hub model: from the Hugging Face cache, else downloaded when the hub answers."""
+    from huggingface_hub import snapshot_download
 
     builtins = ", ".join(BUILTIN_MODELS)
-    try:
-        AutoConfig.from_pretrained(hub_id, local_files_only=True)
-        return
-    except (OSError, ValueError):
-        pass
     hint = (
-        f"unknown model {hub_id!r}: not a built-in name ({builtins}), not a local folder, and not in the "
-        "local Hugging Face cache. On a machine with hub access run "
-        f"`huggingface-cli download {hub_id}` (or pass a local checkpoint folder)"
+        f"unknown model {hub_id!r}{_did_you_mean(hub_id)}: not a built-in name ({builtins}), not a local folder, "
+        "and not in the local Hugging Face cache"
     )
-    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True"):
-        raise ModelNotFoundError(hint)
     try:
-        AutoConfig.from_pretrained(hub_id)
-    except (OSError, ValueError):
-        raise ModelNotFoundError(hint) from None
+        return snapshot_download(hub_id, local_files_only=True)
+    except Exception:  # noqa: BLE001  (not cached, or an id the hub library rejects)
+        pass
+    if _did_you_mean(hub_id) and "/" not in hub_id:
+        raise ModelNotFoundError(hint)  # a typo of a built-in name: no hub request at all
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if offline or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if offline else "the Hugging Face hub cannot be reached"
+        raise ModelNotFoundError(
+            f"{hint}, and {why}. On a machine with hub access run `huggingface-cli download {hub_id}` "
+            "(or pass a local checkpoint folder)"
+        )
+    try:
+        return snapshot_download(hub_id, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except Exception as exc:  # noqa: BLE001  (unknown repo, gated, network error mid-way)
+        raise ModelNotFoundError(f"{hint}; the hub answered: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from None
+
+
+def check_device(device: str | torch.device | None) -> str:
+    """A device string torch accepts and this machine has (``cuda`` needs a CUDA build and a GPU).
+
+    >>> check_device("cpu")
+    'cpu'
+    """
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise WorkbenchError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise WorkbenchError(f"device {str(device)!r}: {build}; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise WorkbenchError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) visible")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise WorkbenchError(f"device {str(device)!r}: MPS is not available on this machine")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise WorkbenchError(f"device {str(device)!r}: the workbench runs on cpu, cuda or mps")
+    return str(dev)
 
 
 def load_model(
@@ -147,24 +206,28 @@ def load_model(
     """
     from transformer_lens.model_bridge import TransformerBridge
 
-    device = str(device or default_device())
+    device = check_device(device)
     if isinstance(dtype, str):
-        try:
-            dtype = getattr(torch, dtype)
-        except AttributeError:
-            raise WorkbenchError(f"unknown dtype {dtype!r}") from None
+        value = getattr(torch, dtype, None)
+        if not isinstance(value, torch.dtype) or not value.is_floating_point:
+            raise WorkbenchError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+        dtype = value
     dtype = dtype or torch.float32
     display, path, style = _resolve(name_or_path)
-    if path == name_or_path and name_or_path not in BUILTIN_MODELS and not Path(path).exists():
-        _check_hub_id(path)
     from transformers.utils import logging as hf_logging
 
     bar_was_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a per-tensor "Loading weights" bar on every load is noise
     try:
         bridge = TransformerBridge.boot_transformers(path, device=device, dtype=dtype)
+    except pickle.UnpicklingError:
+        raise ModelNotFoundError(
+            f"cannot load {name_or_path!r}: its weights are a pickle (pytorch_model.bin), which can run code "
+            "when loaded, so they are refused; save the checkpoint as safetensors "
+            "(model.save_pretrained(folder, safe_serialization=True) where you trust it)"
+        ) from None
     except (OSError, KeyError) as exc:
-        raise ModelNotFoundError(f"cannot load {name_or_path!r}: {exc}") from None
+        raise ModelNotFoundError(f"cannot load {name_or_path!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     except (ValueError, NotImplementedError) as exc:
         raise ModelNotFoundError(f"TransformerLens cannot wrap {name_or_path!r}: {exc}") from None
     finally:

@@ -81,13 +81,21 @@ def _set_tensor(root: torch.nn.Module, dotted: str, value: torch.Tensor, buffer:
         setattr(owner, leaf, value if isinstance(value, torch.nn.Parameter) else torch.nn.Parameter(value, requires_grad=False))
 
 
+def needs_eager_attention(config: Any) -> bool:
+    """Whether ``config`` uses something SDPA kernels cannot compute (attention-logit soft-capping)."""
+    configs = [config, getattr(config, "text_config", None)]
+    return any(getattr(c, "attn_logit_softcapping", None) is not None for c in configs if c is not None)
+
+
 def build_plain_model(bridge: Any) -> torch.nn.Module:
     """The bridge's Hugging Face model as plain ``transformers`` modules over the same tensors."""
     original = bridge.original_model
     config = copy.deepcopy(original.config)
     # The bridge loads with eager attention (to expose attention patterns); generation needs no
     # pattern hooks, and SDPA decodes about 10% faster on SmolLM2 (CPU) with the same greedy tokens.
-    if getattr(type(original), "_supports_sdpa", False):
+    # SDPA has no attention-logit soft-capping: a model with it (Gemma-2) stays on eager attention,
+    # or plain generation and extraction would silently differ from the bridge.
+    if getattr(type(original), "_supports_sdpa", False) and not needs_eager_attention(config):
         config._attn_implementation = "sdpa"
     with torch.device("meta"):
         plain = type(original)(config)
