@@ -21,13 +21,9 @@ def _ratio(text: str) -> float | None:
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (0 or a negative count is an error, never 'use the preset')."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+    from ..cli import positive_int as check
+
+    return check(text)
 
 
 def output_folder(text: str) -> str:
@@ -46,7 +42,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name, local folder or hub id (default {DEFAULT_MODEL}); "
                    "reproduce: 'all' runs the built-in real models in turn and writes a comparison")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    from ..cli import device_arg
+
+    p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--mode", choices=("project", "add"), help="steering mode (default: project for format, add for length/keywords)")
     p.add_argument("--layers", help="layers to sweep, e.g. 16,20,24-26 (default: every other layer from n_layers//5)")
     p.add_argument("--layer-stride", type=positive_int, default=2, help="stride of the default layer grid (default 2)")
