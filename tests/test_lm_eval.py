@@ -323,14 +323,15 @@ def test_crosscheck_resolves_builtin_kwargs_and_agrees(tmp_path, capsys):
                 name="language:response_language_fr"),  # the reproduce run's target name for the French rows
         _record(fr, "Hello everyone, and welcome to our chess club; we are glad you are here.",
                 name="language:response_language_fr", condition="no_instruction"),
-        _record(title_row, "<<A Warm Welcome>>\n\nDear members, welcome."),
-        _record(title_row, "Dear members, welcome."),
+        {**_record(title_row, "<<A Warm Welcome>>\n\nDear members, welcome."), "strict": True, "loose": True},
+        {**_record(title_row, "Dear members, welcome."), "strict": True, "loose": False},  # a wrong stored score
         {**_record(title_row, "x"), "experiment": "composition"},  # kwargs not recoverable: skipped, counted
     ]
     path = tmp_path / "generations.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     report = crosscheck(read_generations(path))
     assert report.n_records == 5 and sum(report.skipped.values()) == 1
+    assert (report.n_stored, report.stored_mismatch) == (2, 1)
     got = [(s.instruction_id, s.ours_strict, s.theirs_strict) for s in report.scored]
     assert got == [("language:response_language", True, True), ("language:response_language", False, False),
                    (TITLE, True, True), (TITLE, False, False)]

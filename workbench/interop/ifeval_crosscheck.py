@@ -39,6 +39,10 @@ class CrossCheck:
     scored: list[Scored] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
     n_records: int = 0
+    # records whose stored prompt-level strict/loose (the run's own scoring) differ from our re-check:
+    # 0 means the kwargs were recovered correctly
+    n_stored: int = 0
+    stored_mismatch: int = 0
 
     def rows(self) -> list[dict[str, Any]]:
         """One dict per instruction id (n, agreement and both pass rates, strict and loose), then ``all``."""
@@ -63,6 +67,8 @@ class CrossCheck:
                 f"| {r['instruction_id']} | {r['n']} | {r['strict_agree']}/{r['n']} | {r['loose_agree']}/{r['n']} | "
                 f"{r['ours_strict']}/{r['theirs_strict']} | {r['ours_loose']}/{r['theirs_loose']} |"
             )
+        lines.append("")
+        lines.append(f"Stored run scores re-checked: {self.n_stored} records, {self.stored_mismatch} differ from the re-check.")
         if self.skipped:
             lines.append("")
             lines.append("Skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(self.skipped.items())))
@@ -130,14 +136,19 @@ class _Resolver:
     def __init__(self) -> None:
         self._cache: dict[tuple[str, str, str], list[Any]] = {}  # (family, target name, split) -> rows
 
-    def rows(self, family: str, name: str, split: str) -> list[Any]:
-        """Built-in rows of one experiment target (``language:response_language_fr`` is the French rows)."""
-        key = (family, name, split)
+    def rows(self, family: str, name: str, split: str, target_n: Any = None) -> list[Any]:
+        """Built-in rows of one experiment target (``language:response_language_fr`` is the French rows,
+        a length record's ``target_n`` N the "at most N sentences" rows)."""
+        key = (family, f"{name}|{target_n}", split)
         if key not in self._cache:
             from ..data import load_pairs
 
             iid, kwargs = name, None
-            if family == "format":
+            if family == "length" and isinstance(target_n, int):
+                from ..experiments.reproduce import LENGTH_ID, length_kwargs
+
+                iid, kwargs = LENGTH_ID, length_kwargs(target_n)
+            elif family == "format":
                 from ..experiments.reproduce import format_target_names
 
                 try:
@@ -154,14 +165,15 @@ class _Resolver:
         """``(ids, kwargs, prompt)`` or the reason the record cannot be checked."""
         ids = rec.get("eval_instruction_ids")
         if not isinstance(ids, list) or not ids:
-            return "records without eval_instruction_ids"
+            return "records with no instruction to check (e.g. length_distribution)"
         if isinstance(rec.get("eval_kwargs"), list):
             return list(ids), [dict(k) for k in rec["eval_kwargs"]], str(rec.get("checked_prompt", rec.get("prompt", "")))
-        family, iid = rec.get("experiment"), rec.get("instruction_id")
+        family = rec.get("experiment")
+        iid = ids[0] if family == "length" else rec.get("instruction_id")
         if family not in FAMILIES or not isinstance(iid, str):
             return f"records of experiment {family!r} (kwargs not recoverable)"
-        candidates = [r for r in self.rows(family, iid, str(rec.get("split", "test"))) if r.base_id == rec.get("base_id")
-                      and tuple(r.eval_instruction_ids) == tuple(ids)]
+        rows = self.rows(family, iid, str(rec.get("split", "test")), rec.get("target_n"))
+        candidates = [r for r in rows if r.base_id == rec.get("base_id") and tuple(r.eval_instruction_ids) == tuple(ids)]
         exact = [r for r in candidates if rec.get("prompt") in (r.prompt, r.prompt_without_instruction)]
         candidates = exact or candidates
         kinds = {json.dumps([dict(k) for k in r.eval_kwargs], sort_keys=True) for r in candidates}
@@ -192,4 +204,7 @@ def crosscheck(records: Iterable[dict[str, Any]]) -> CrossCheck:
         theirs = lm_eval_scores(response, ids, kwargs, prompt)
         for o, (ts, tl) in zip(ours, theirs):
             out.scored.append(Scored(o.instruction_id, o.strict, o.loose, ts, tl, response))
+        if isinstance(rec.get("strict"), bool) and isinstance(rec.get("loose"), bool):
+            out.n_stored += 1
+            out.stored_mismatch += (all(o.strict for o in ours), all(o.loose for o in ours)) != (rec["strict"], rec["loose"])
     return out
