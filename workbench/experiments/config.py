@@ -19,8 +19,10 @@ EXPERIMENTS: tuple[str, ...] = ("format", "length", "keywords", "composition", "
 LENGTH_ID = "length_constraints:number_sentences"
 TITLE_ID = "detectable_format:title"
 
-# Full runs follow the paper's protocol on the built-in data; --quick sizes are chosen so that
-# `reproduce format --quick` on SmolLM2-135M finishes in about 15 minutes on 2 CPU cores.
+# Full runs follow the paper's protocol on the built-in data. --quick runs a 3-layer grid on 10 validation prompts but
+# evaluates on the whole 40-query test split (95% intervals at most +-15 points); lower strengths are in the grids so
+# that the repetition rule can pick a milder setting. `reproduce format --quick` on SmolLM2-135M: about 13 min on a
+# busy 2-core CPU.
 PRESETS: dict[str, dict[bool, dict[str, Any]]] = {
     "format": {
         False: dict(instructions=["change_case:english_lowercase", "change_case:english_capital", "punctuation:no_comma",
@@ -29,21 +31,22 @@ PRESETS: dict[str, dict[bool, dict[str, Any]]] = {
                                   "detectable_format:constrained_response", "startend:quotation", "startend:end_checker"],
                     n_train=120, n_val=40, n_eval=40, max_new_tokens=128, strengths=[1.0]),
         True: dict(instructions=[TITLE_ID, "detectable_format:number_highlighted_sections"],
-                   n_train=20, n_val=10, n_eval=20, max_new_tokens=48, strengths=[1.0]),
+                   n_train=20, n_val=10, n_eval=40, max_new_tokens=48, strengths=[0.5, 0.75, 1.0]),
     },
     "length": {
         False: dict(targets=[1, 2, 3, 4, 5], n_train=120, n_val=40, n_eval=40, max_new_tokens=128, strengths=[0.5, 1.0, 2.0, 4.0]),
-        True: dict(targets=[1, 3], n_train=20, n_val=10, n_eval=20, max_new_tokens=64, strengths=[1.0, 2.0]),
+        True: dict(targets=[1, 3], n_train=20, n_val=10, n_eval=40, max_new_tokens=64, strengths=[1.0, 2.0]),
     },
     "keywords": {
         False: dict(words=["ocean", "light", "future", "garden", "music", "journey"], n_train=120, n_val=40, n_eval=40,
                     max_new_tokens=128, strengths=[1.0, 2.0, 4.0, 8.0]),
-        True: dict(words=["ocean", "music"], n_train=20, n_val=10, n_eval=20, max_new_tokens=48, strengths=[2.0, 4.0]),
+        True: dict(words=["ocean", "music"], n_train=20, n_val=10, n_eval=40, max_new_tokens=48, strengths=[1.0, 2.0, 4.0]),
     },
     "composition": {
         False: dict(instructions=[TITLE_ID, "detectable_format:number_highlighted_sections"], targets=[1, 3, 5],
                     n_train=120, n_val=40, n_eval=40, max_new_tokens=128, strengths=[0.5, 1.0, 2.0, 4.0]),
-        True: dict(instructions=[TITLE_ID], targets=[2], n_train=20, n_val=10, n_eval=20, max_new_tokens=64, strengths=[1.0, 2.0]),
+        True: dict(instructions=[TITLE_ID], targets=[2], n_train=20, n_val=10, n_eval=40, max_new_tokens=64,
+                   strengths=[0.5, 1.0, 2.0]),
     },
     "transfer": {
         False: dict(instructions=None, n_train=120, n_val=40, n_eval=40,
