@@ -277,3 +277,26 @@ def test_figures_draw_the_intervals():
     fig = strength_figure(sweep, layer=3)
     lo, hi = wilson_interval(5, 10)
     assert fig.data[0].error_y.array[1] == pytest.approx(hi - 0.5)
+
+
+def test_compare_runs_pairs_by_prompt(tmp_path, capsys):
+    from workbench.cli import main
+    from workbench.experiments.compare import compare_runs
+
+    def run(folder: str, passes: list[bool], rep: float) -> Path:
+        d = tmp_path / folder
+        d.mkdir()
+        gens = [{"instruction_id": TITLE, "condition": "no_instruction_steered", "base_id": f"q{i}", "strict": p,
+                 "degeneration": rep, "layer": 26, "strength": 1.0} for i, p in enumerate(passes)]
+        gens.append({"instruction_id": TITLE, "condition": "no_instruction", "base_id": "q0", "strict": False, "degeneration": 0.0})
+        write_jsonl(d / "generations.jsonl", gens)
+        return d
+
+    a = run("a", [True] * 9 + [False], 0.6)
+    b = run("b", [False] * 10, 0.1)
+    (row,) = compare_runs(a, b)
+    assert row["n"] == 10 and row["a_acc"] == 0.9 and row["b_acc"] == 0.0 and row["a_loops"] == 9 and row["b_loops"] == 0
+    assert row["p"] == pytest.approx(2 / 512)
+    assert main(["compare", str(a), str(b)]) == 0 and "McNemar" in capsys.readouterr().out
+    assert main(["compare", str(a), str(tmp_path)]) == 2
+    assert "no generations.jsonl" in capsys.readouterr().err

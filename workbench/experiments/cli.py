@@ -111,6 +111,14 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Print the paired comparison of two finished runs."""
+    from .compare import compare_runs, render
+
+    print(render(compare_runs(args.run_a, args.run_b), args.run_a, args.run_b))
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Layer x strength sweep of one instruction on validation prompts; writes the selection beside the direction."""
     from ..data import load_pairs
@@ -193,6 +201,11 @@ def register(subparsers: Any) -> None:
     r.add_argument("--reference-model", help="model that scores perplexity (default: the unsteered model itself)")
     r.add_argument("--source-model", help="transfer: model the directions are computed on (same d_model and layers)")
     r.set_defaults(func=cmd_reproduce)
+
+    c = subparsers.add_parser("compare", help="two finished reproduce runs side by side, paired by prompt (McNemar)")
+    c.add_argument("run_a", help="a results folder <out>/<model>/<experiment>")
+    c.add_argument("run_b", help="another run of the same experiment (e.g. another selection rule)")
+    c.set_defaults(func=cmd_compare)
 
     s = subparsers.add_parser("sweep", help="layer x strength sweep of one instruction on validation prompts (resumable)")
     s.add_argument("--instruction", required=True, help="built-in instruction id")
