@@ -19,6 +19,15 @@ from workbench.directions import direction_from_activations
 from workbench.errors import DatasetError, LayerError, ShapeError
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a busy shared 2-core CPU it is several times faster than two competing ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _pairs(rows: list[tuple[str, str]], iid: str = "detectable_format:title") -> wb.PairDataset:
     return wb.PairDataset([
         wb.PairRow(prompt=w, prompt_without_instruction=wo, instruction_id=iid, kwargs={}, base_id=f"q{i}",

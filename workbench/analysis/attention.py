@@ -100,7 +100,7 @@ def attention_figure(att: InstructionAttention, k: int = 10):
         ),
     )
     fig.add_trace(go.Heatmap(z=att.mean.tolist(), x=list(range(att.mean.shape[1])), y=list(att.layers),
-                             colorscale="Viridis", colorbar=dict(title="attention", x=0.56, len=0.6, y=0.8),
+                             colorscale="Viridis", colorbar=dict(title=dict(text="attention", side="right"), x=0.56, len=0.6, y=0.8),
                              hovertemplate="layer %{y} head %{x}: %{z:.3f}<extra></extra>"), 1, 1)
     fig.add_trace(go.Table(header=dict(values=["head", "attention on span"]),
                            cells=dict(values=[[f"L{r['layer']}H{r['head']}" for r in top], [f"{r['attention']:.3f}" for r in top]])), 1, 2)

@@ -140,7 +140,7 @@ def attribution_figure(att: Attribution, k: int = 12):
     heads, mlp = att.mean_diff("heads"), att.mean_diff("mlp")
     n_layers, n_heads = heads.shape
     top = att.top_components(k)
-    lim = float(max(heads.abs().max(), mlp.abs().max(), 1e-9))
+    lim = float(max(heads.abs().max(), 1e-9))  # the heads' own scale: MLPs are often larger and drawn beside
     fig = make_subplots(
         rows=1, cols=3, column_widths=[0.5, 0.15, 0.35], horizontal_spacing=0.06,
         specs=[[{"type": "heatmap"}, {"type": "bar"}, {"type": "table"}]],
@@ -148,7 +148,7 @@ def attribution_figure(att: Attribution, k: int = 12):
     )
     fig.add_trace(go.Heatmap(
         z=heads.tolist(), x=list(range(n_heads)), y=list(range(n_layers)), zmid=0, zmin=-lim, zmax=lim,
-        colorscale="RdBu_r", colorbar=dict(title="with - without", x=0.46),
+        colorscale="RdBu_r", colorbar=dict(title="heads", x=-0.12),
         hovertemplate="layer %{y} head %{x}: %{z:.3f}<extra></extra>",
     ), 1, 1)
     fig.add_trace(go.Bar(x=mlp.tolist(), y=list(range(n_layers)), orientation="h", marker_color="#555", name="MLP",

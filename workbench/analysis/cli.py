@@ -25,6 +25,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             if value < 1:
                 raise WorkbenchError(f"--{field.replace('_', '-')} must be >= 1, got {value}")
             sizes = replace(sizes, **{field: value})
+    if args.threads is not None:
+        if args.threads < 1:
+            raise WorkbenchError(f"--threads must be >= 1, got {args.threads}")
+        import torch
+
+        torch.set_num_threads(args.threads)
     direction = Direction.load(args.direction) if args.direction else None  # read before the slow model load
     if args.images:
         check_image_export()
@@ -36,7 +42,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     stem = f"analysis_{args.analysis}_{short_name(args.instruction)}"
     for path in write_outputs([(fig, stem, record)], args.out, images=args.images):
         print(f"wrote {path}")
-    brief = {k: v for k, v in record.items() if k not in ("mean", "labels", "sizes")}
+    brief = {k: v for k, v in record.items() if k not in ("mean", "labels", "labels_with", "sizes")}
     print(json.dumps(brief, indent=1, default=str)[:4000])
     return 0
 
@@ -68,6 +74,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-positions", type=int, help="patching: positions from the end (default 12)")
     p.add_argument("--out", default="figures", help="output folder (default figures)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is fastest on a busy shared CPU)")
     p.add_argument("--no-images", dest="images", action="store_false", help="write HTML and JSON only (no PNG)")
     p.set_defaults(func=cmd_analyze)
     return p

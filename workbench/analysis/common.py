@@ -253,11 +253,32 @@ def edited_logprobs(
 
 
 @torch.no_grad()
-def all_resid_post(model: Any, ids: Sequence[int], layers: Sequence[int]) -> Float[torch.Tensor, "n_layers seq d_model"]:
-    """``resid_post`` of one prompt at every position of ``layers`` (bridge hooks; early stop after the deepest)."""
-    names = [f"blocks.{layer}.hook_resid_post" for layer in layers]
-    got = bridge_last_token_hooks(model, [ids], names, lambda n, x, last: x[0], stop_after=names[-1] if layers else None)
-    return torch.stack([got[n] for n in names])
+def clean_forward(
+    model: Any, ids: Sequence[int], layers: Sequence[int], positions: Sequence[int]
+) -> tuple[Float[torch.Tensor, "n_layers seq d_model"], Float[torch.Tensor, "n_pos vocab"]]:
+    """One unedited run of ``ids``: ``resid_post`` at every position of ``layers``, and log-probabilities at ``positions``."""
+    device = model.cfg.device
+    x = torch.tensor([list(ids)], dtype=torch.long, device=device)
+    read = torch.tensor(list(positions), device=device)
+    got: dict[int, torch.Tensor] = {}
+    plain = _fast_plain(model)
+    if plain is not None:
+        blocks = decoder_layers(plain)
+        handles = [
+            blocks[layer].register_forward_hook(lambda m, a, out, layer=layer: got.__setitem__(layer, layer_output(out)[0].float().cpu()))
+            for layer in layers
+        ]
+        try:
+            hidden = plain.base_model(input_ids=x, attention_mask=torch.ones_like(x)).last_hidden_state
+            logits = plain.get_output_embeddings()(hidden[0, read])
+        finally:
+            for handle in handles:
+                handle.remove()
+    else:
+        hooks = [(f"blocks.{layer}.hook_resid_post", lambda h, layer=layer: got.__setitem__(layer, h[0].float().cpu())) for layer in layers]
+        with forward_hooks(model, hooks):
+            logits = model(x, attention_mask=torch.ones_like(x))[0, read]
+    return torch.stack([got[layer] for layer in layers]), torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
 def effect(m_x: torch.Tensor, m_with: torch.Tensor, m_without: torch.Tensor) -> torch.Tensor:

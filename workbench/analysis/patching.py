@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from ..errors import WorkbenchError
 from ..models.loading import model_info
 from .attention import token_labels
-from .common import Edit, TokenPair, all_resid_post, check_layer_list, edited_logprobs, effect, tokenize_pairs
+from .common import Edit, TokenPair, clean_forward, check_layer_list, edited_logprobs, effect, tokenize_pairs
 from .metric import Metric, make_metric
 
 MIN_EFFECT = 1e-6  # below this, the instruction does not change the metric and no effect can be normalised
@@ -45,9 +45,8 @@ class PairRuns:
 def clean_runs(model: Any, tp: TokenPair, layers: Sequence[int], metric: Metric, index: int = 0) -> PairRuns:
     """Both clean runs of a pair, with the metric's normaliser checked (the instruction must move the metric)."""
     seq_w, seq_wo = metric.sequence(tp.with_ids), metric.sequence(tp.without_ids)
-    resid_w, resid_wo = all_resid_post(model, seq_w, layers), all_resid_post(model, seq_wo, layers)
-    lp_w = edited_logprobs(model, seq_w, [[]], metric.rows(len(tp.with_ids)), progress=False)[0]
-    lp_wo = edited_logprobs(model, seq_wo, [[]], metric.rows(len(tp.without_ids)), progress=False)[0]
+    resid_w, lp_w = clean_forward(model, seq_w, layers, metric.rows(len(tp.with_ids)))
+    resid_wo, lp_wo = clean_forward(model, seq_wo, layers, metric.rows(len(tp.without_ids)))
     m = metric.value(torch.stack([lp_w, lp_wo]), lp_w, lp_wo)
     if not math.isfinite(float(m[0] - m[1])) or abs(float(m[0] - m[1])) < MIN_EFFECT:
         raise WorkbenchError(
@@ -83,7 +82,8 @@ def patch_effects(
 @dataclass(frozen=True)
 class Patching:
     """``effects[n, layer, position]``: normalised effect of patching one (layer, position from the end); NaN
-    where a pair's without-instruction prompt is shorter than the position. ``labels`` are the first pair's tokens."""
+    where a pair's without-instruction prompt is shorter than the position. ``labels`` / ``labels_with`` are the first
+    pair's tokens at those positions in its without / with prompt (they differ where the instruction or the query sits)."""
 
     layers: tuple[int, ...]
     positions: tuple[int, ...]
@@ -91,6 +91,7 @@ class Patching:
     labels: tuple[str, ...]
     metric: str
     model_name: str
+    labels_with: tuple[str, ...] = ()
 
     @property
     def mean(self) -> Float[torch.Tensor, "layers positions"]:
@@ -119,22 +120,24 @@ def activation_patching(
         vals = patch_effects(model, runs, layers, [[c] for c in cells], metric, batch_size, progress)
         for (layer, j), v in zip(cells, vals):
             effects[i, layers.index(layer), j] = v
-    first = metric.sequence(tps[0].without_ids)
-    labels = tuple(reversed(token_labels(model, first[-n_positions:])))
-    labels = labels + ("",) * (n_positions - len(labels))
-    return Patching(tuple(layers), positions, effects, labels, metric.label, model_info(model).name)
+    labels = []
+    for seq in (metric.sequence(tps[0].without_ids), metric.sequence(tps[0].with_ids)):
+        lab = tuple(reversed(token_labels(model, seq[-n_positions:])))
+        labels.append(lab + ("",) * (n_positions - len(lab)))
+    return Patching(tuple(layers), positions, effects, labels[0], metric.label, model_info(model).name, labels[1])
 
 
 def patching_figure(p: Patching, title: str = ""):
     """Layer x position heatmap of the mean normalised effect (x: positions from the end, labelled by the first pair's tokens)."""
     import plotly.graph_objects as go
 
-    x = [f"-{j} {lab!r}"[:18] for j, lab in zip(p.positions, p.labels)]
+    with_labels = p.labels_with or p.labels
+    x = [f"-{j} {wo!r}" if wo == w else f"-{j} {wo!r}<-{w!r}" for j, wo, w in zip(p.positions, p.labels, with_labels)]
     fig = go.Figure(go.Heatmap(
         z=p.mean.tolist(), x=x, y=list(p.layers), colorscale="RdBu_r", zmid=0, zmin=-1, zmax=1,
         colorbar=dict(title="effect"), hovertemplate="layer %{y}, position %{x}: %{z:.3f}<extra></extra>",
     ))
-    fig.update_xaxes(autorange="reversed", title_text="position from the end (token of the first pair's without prompt)", tickangle=-60)
+    fig.update_xaxes(autorange="reversed", title_text="position from the end: first pair's token without <- with the instruction", tickangle=-60)
     fig.update_yaxes(title_text="layer (resid_post patched)")
     fig.update_layout(
         title=title or f"Activation patching, with -> without instruction ({p.model_name}, {p.effects.shape[0]} pairs; "

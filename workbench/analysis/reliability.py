@@ -178,7 +178,7 @@ def reliability_figure(r: Reliability, layer: int | None = None):
     band(list(r.sizes), r.by_size[li], "#ff7f0e", "subsample of n pairs: cosine to the full direction", 2, "e")
     fig.update_xaxes(title_text="layer", row=1, col=1)
     fig.update_xaxes(title_text="number of pairs", type="log", row=1, col=2)
-    fig.update_yaxes(title_text="cosine", range=[-0.3, 1.02])
+    fig.update_yaxes(title_text="cosine", range=[-1.02, 1.02])
     fig.update_layout(
         title=f"Reliability of the '{r.name}' direction ({r.model_name}); bands: 5-95% over random draws",
         template="plotly_white", width=1300, height=550, legend=dict(orientation="h", y=-0.2),

@@ -85,7 +85,7 @@ def run_analysis(
         direction = compute_direction(model, train, name=instruction, progress=progress)
         record["direction"] = f"{len(train)} train pairs"
     elif direction is not None:
-        record["direction"] = f"file ({direction.name}, {direction.n_pairs} pairs)"
+        record["direction"] = f"given ({direction.name}, {direction.n_pairs} pairs)"
     if name == "attribution":
         pairs = analysis_pairs(instruction, "validation", sizes.n_pairs)
         res = attribution.direct_attribution(model, pairs, direction, layer, progress=progress)
@@ -103,6 +103,7 @@ def run_analysis(
         pairs = analysis_pairs(instruction, "validation", sizes.n_patch_pairs)
         res = patching.activation_patching(model, pairs, grid, sizes.n_positions, target, progress=progress)
         record.update(n_pairs=len(pairs), layers=list(res.layers), metric=res.metric, labels=list(res.labels),
+                      labels_with=list(res.labels_with),
                       mean=[[round(float(v), 4) for v in row] for row in res.mean])
         return res, patching.patching_figure(res), record
     if name == "necessity":
@@ -124,6 +125,9 @@ def analysis_figures(
 ) -> list[tuple[Any, str, dict[str, Any]]]:
     """Every analysis for ``instruction``: ``[(figure, file stem, record)]`` (stems ``analysis_<name>_<instruction>``)."""
     out = []
+    if direction is None and any(n in ("attribution", "necessity") for n in names):
+        train = analysis_pairs(instruction, "train", sizes.n_train)
+        direction = compute_direction(model, train, name=instruction, progress=progress)
     for name in names:
         say(f"Analysis '{name}' of {instruction} ...")
         _, fig, record = run_analysis(name, model, instruction, sizes=sizes, direction=direction, progress=progress)

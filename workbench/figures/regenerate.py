@@ -157,9 +157,18 @@ def regenerate_figures(
     how = f"{name}: {plan.n_eval} validation prompts each, project-mode steering at layer {steer_layer}, {plan.max_new_tokens} new tokens"
     figs.append((conditions_figure(conditions, subtitle=how), "08_conditions"))
 
+    from ..analysis.run import QUICK_SIZES, AnalysisSizes, analysis_figures  # where the instruction lives (#14)
+
+    small = quick or plan.n_pairs <= QUICK.n_pairs  # a plan no larger than QUICK gets the quick analysis sizes too
+    analyses = analysis_figures(model, MAIN_INSTRUCTION, QUICK_SIZES if small else AnalysisSizes(), say=say, progress=False)
+    figs += [(fig, stem) for fig, stem, _ in analyses]
+
     meta = dict(model=name, workbench_version=__version__, plan=asdict(plan), quick=quick)
     written: list[Path] = [save_figure(fig, out / f"{stem}.html", plotlyjs="directory") for fig, stem in figs]
     written += [token_page, out / "plotly.min.js"]
+    for _, stem, record in analyses:
+        write_json_atomic(out / f"{stem}.json", record)
+        written.append(out / f"{stem}.json")
     for fname, recs in (("sweep_records.json", sweep), ("condition_records.json", conditions)):
         write_json_atomic(out / fname, {**meta, "records": _json_safe(recs)})
         written.append(out / fname)
