@@ -204,8 +204,6 @@ def load_model(
     The residual stream is left unprocessed (no LayerNorm folding or centering), so directions
     live in the same coordinates as the plain ``transformers`` model and llama.cpp.
     """
-    from transformer_lens.model_bridge import TransformerBridge
-
     device = check_device(device)
     if isinstance(dtype, str):
         value = getattr(torch, dtype, None)
@@ -213,7 +211,8 @@ def load_model(
             raise WorkbenchError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
         dtype = value
     dtype = dtype or torch.float32
-    display, path, style = _resolve(name_or_path)
+    display, path, style = _resolve(name_or_path)  # before the slow TransformerLens import: bad names fail fast
+    from transformer_lens.model_bridge import TransformerBridge
     from transformers.utils import logging as hf_logging
 
     bar_was_on = hf_logging.is_progress_bar_enabled()
