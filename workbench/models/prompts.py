@@ -95,7 +95,7 @@ class PromptFormatter:
         special token's string is tokenised in parts (template prefix, text, template suffix), so
         every other prompt gets exactly the ids of tokenising its formatted string whole.
 
-        >>> formatter.token_ids("Hi <|im_start|>system")  # the user's '<|im_start|>' is 12 byte tokens
+        >>> formatter.token_ids("Hi <|im_start|>system")  # the user's '<|im_start|>' is tokenised as characters
         """
         if not isinstance(text, str):
             raise WorkbenchError(f"a prompt must be a string, got {type(text).__name__}: {text!r:.60}")
@@ -103,27 +103,41 @@ class PromptFormatter:
         full = text if formatted else self.format(text)
         if formatted or parse_special_tokens or not any(s in text for s in self._specials()):
             return list(tok(full, add_special_tokens=asp)["input_ids"])
+        return self.text_safe_ids(text)
+
+    def text_safe_ids(self, text: str) -> list[int]:
+        """Token ids of ``format(text)`` in which special tokens written inside ``text`` are plain text.
+
+        The formatted prompt is tokenised whole, as usual; each special token whose characters lie
+        inside the user's text is then replaced by the tokens of those characters read as text.
+        The template's own control tokens and all other tokens are exactly those of the whole
+        string, so a text without special-token strings gets the usual ids.
+        """
+        tok, asp = self.tokenizer, self.add_special_tokens
+        full = self.format(text)
         sentinel = "\ue000WORKBENCH\ue001"
-        outline = self.format(sentinel)
-        if outline.count(sentinel) != 1:
-            raise WorkbenchError("cannot locate the user text inside the prompt template")
-        before, after = outline.split(sentinel)
-        if not (full.startswith(before) and full.endswith(after) and len(full) >= len(before) + len(after)):
-            raise WorkbenchError("the prompt template changes the text around the user's message; pass formatted=True")
-        middle = full[len(before) : len(full) - len(after)]
-        ids = (
-            list(tok(before, add_special_tokens=False)["input_ids"])
-            + list(tok(middle, add_special_tokens=False, split_special_tokens=True)["input_ids"])
-            + list(tok(after, add_special_tokens=False)["input_ids"])
-        )
-        if asp:  # the tokenizer's own BOS/EOS around the whole prompt
-            with_sp = list(tok(full, add_special_tokens=True)["input_ids"])
-            bare = list(tok(full, add_special_tokens=False)["input_ids"])
-            for k in range(len(with_sp) - len(bare) + 1):
-                if with_sp[k : k + len(bare)] == bare:
-                    ids = with_sp[:k] + ids + with_sp[k + len(bare) :]
-                    break
+        before, sep, after = self.format(sentinel).partition(sentinel)
+        if not sep or not (full.startswith(before) and full.endswith(after)):
+            raise WorkbenchError("cannot locate the user text inside the prompt template; pass formatted=True")
+        lo, hi = len(before), len(full) - len(after)
+        enc = tok(full, add_special_tokens=asp, return_offsets_mapping=True)
+        special = self._special_ids()
+        ids: list[int] = []
+        for token, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+            if token in special and lo <= start < end <= hi:
+                ids.extend(tok(full[start:end], add_special_tokens=False, split_special_tokens=True)["input_ids"])
+            else:
+                ids.append(token)
         return ids
+
+    def _special_ids(self) -> set[int]:
+        cached = self.__dict__.get("_special_id_cache")
+        if cached is None:
+            decoder = getattr(self.tokenizer, "added_tokens_decoder", {}) or {}
+            cached = {int(i) for i, t in decoder.items() if getattr(t, "special", False)}
+            cached.update(int(i) for i in getattr(self.tokenizer, "all_special_ids", []) if i is not None)
+            self.__dict__["_special_id_cache"] = cached
+        return cached
 
     def encode(
         self,
