@@ -85,7 +85,7 @@ CLI_CASES = [
     ("steer-layer-repeat", ["generate", "--prompt", "x", "--steer", "{layer_repeat}", "--layer", "1", *TINY], "more than once"),
     ("steer-gguf", ["generate", "--prompt", "x", "--steer", "{gguf}", "--layer", "1", *TINY], "directions import"),
     ("steer-pt", ["generate", "--prompt", "x", "--steer", "{pt}", "--layer", "1", *TINY], "directions import"),
-    ("steer-a-folder", ["generate", "--prompt", "x", "--steer", "{dir}", "--layer", "1", *TINY], "no such file"),
+    ("steer-a-folder", ["generate", "--prompt", "x", "--steer", "{dir}", "--layer", "1", *TINY], "is a directory"),
     ("compute-out-is-dir", ["directions", "compute", "--instruction", TITLE, "--out", "{dir}", *TINY], "is a directory"),
     ("compute-out-under-file", ["directions", "compute", "--instruction", TITLE, "--out", "{file}/d.safetensors", *TINY], "is a file"),
     ("compute-repeated-layers", ["directions", "compute", "--instruction", TITLE, "--layers", "1,1,2", "--out", "{root}/r.safetensors", *TINY],

@@ -117,6 +117,8 @@ def load_tensors(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Te
     Any problem (missing, truncated, not safetensors, another kind of file) is a ``VectorFileError``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise VectorFileError(f"{path}: is a directory, expected a {kind} file (.safetensors)")
     if not path.is_file():
         raise VectorFileError(f"{path}: no such file")
     try:
