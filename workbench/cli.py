@@ -277,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .figures.cli import register as register_figures
 
     register_figures(sub)
+
+    from .analysis.cli import register as register_analysis
+
+    register_analysis(sub)
     return parser
 
 

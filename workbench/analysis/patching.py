@@ -140,8 +140,8 @@ def patching_figure(p: Patching, title: str = ""):
     fig.update_xaxes(autorange="reversed", title_text="position from the end: first pair's token without <- with the instruction", tickangle=-60)
     fig.update_yaxes(title_text="layer (resid_post patched)")
     fig.update_layout(
-        title=title or f"Activation patching, with -> without instruction ({p.model_name}, {p.effects.shape[0]} pairs; "
-        f"metric: {p.metric}; 0 = without, 1 = with)",
+        title=title or f"Activation patching, with -> without instruction ({p.model_name}, {p.effects.shape[0]} pairs)"
+        f"<br><sup>metric: {p.metric}; 0 = without, 1 = with</sup>",
         template="plotly_white", width=1100, height=max(450, 16 * len(p.layers) + 200),
     )
     return fig

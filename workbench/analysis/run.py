@@ -91,6 +91,8 @@ def run_analysis(
         res = attribution.direct_attribution(model, pairs, direction, layer, progress=progress)
         record.update(layer=layer, n_pairs=len(pairs), max_relative_error=res.max_relative_error,
                       total_gap=float(res.mean_diff("total")), embed_gap=float(res.mean_diff("embed")),
+                      heads_gap=float(res.mean_diff("heads").sum()), mlp_gap=float(res.mean_diff("mlp").sum()),
+                      attn_bias_gap=float(res.mean_diff("attn_bias").sum()),
                       top=res.top_components(12))
         return res, attribution.attribution_figure(res), record
     if name == "attention":
