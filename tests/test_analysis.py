@@ -118,6 +118,21 @@ def test_attention_matches_unbatched_run_with_cache(tiny, title_pairs):
     torch.testing.assert_close(torch.tensor(fig.data[0].z), att.mean)
 
 
+def test_attention_from_response_tokens_matches_run_with_cache(tiny, title_pairs):
+    att = instruction_attention(tiny, title_pairs, batch_size=2, progress=False, response_tokens=3)
+    responses = wb.generate(tiny, title_pairs.prompts(), max_new_tokens=3, return_tokens=True)
+    tps = tokenize_pairs(tiny, title_pairs)
+    assert att.response.shape == (3, 3, 4, tiny.cfg.n_heads)
+    for i, (tp, resp) in enumerate(zip(tps, responses)):
+        _, cache = tiny.run_with_cache(torch.tensor([list(tp.with_ids) + resp]))
+        for r in range(len(resp)):
+            pattern = cache["blocks.2.attn.hook_pattern"][0, :, len(tp.with_ids) + r]
+            torch.testing.assert_close(att.response[i, r, 2], pattern[:, tp.span[0]:tp.span[1]].sum(-1), rtol=1e-4, atol=1e-5)
+        assert torch.isnan(att.response[i, len(resp):]).all()  # after EOS: nothing made up
+    torch.testing.assert_close(att.weights, instruction_attention(tiny, title_pairs, progress=False).weights)
+    assert att.top_heads(2, source="response")[0]["attention"] == pytest.approx(float(att.response_mean.max()))
+
+
 # --- activation patching -------------------------------------------------------------------
 def test_patching_nothing_is_zero_everything_at_layer0_is_one(tiny):
     # same number of tokens (byte-level): every position has a counterpart

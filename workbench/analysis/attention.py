@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from jaxtyping import Float
 
+from ..errors import WorkbenchError
 from ..models.loading import model_info
 from .common import batches, bridge_last_token_hooks, check_layer_list, tokenize_pairs
 
@@ -27,14 +28,27 @@ class InstructionAttention:
     example_pattern: Float[torch.Tensor, "layers heads seq"]
     example_tokens: tuple[str, ...]
     example_span: tuple[int, int]
+    response: Float[torch.Tensor, "n tokens layers heads"] | None = None  # from generated tokens; NaN after EOS
+
+    @property
+    def response_mean(self) -> Float[torch.Tensor, "layers heads"] | None:
+        """Mean attention onto the span from the first generated tokens (None unless ``response_tokens`` was given)."""
+        return None if self.response is None else self.response.nanmean((0, 1))
 
     @property
     def mean(self) -> Float[torch.Tensor, "layers heads"]:
         return self.weights.mean(0)
 
-    def top_heads(self, k: int = 10) -> list[dict[str, Any]]:
-        """Heads with the largest mean attention onto the span: ``{layer, head, attention, share_of_tokens}``."""
-        mean = self.mean
+    def top_heads(self, k: int = 10, source: str = "last") -> list[dict[str, Any]]:
+        """Heads with the largest mean attention onto the span: ``{layer, head, attention, share_of_tokens}``.
+
+        ``source="last"``: from the prompt's last token; ``"response"``: from the first generated tokens.
+        """
+        if source not in ("last", "response"):
+            raise WorkbenchError(f"source must be 'last' or 'response', got {source!r}")
+        if source == "response" and self.response is None:
+            raise WorkbenchError("no response attention: call instruction_attention(..., response_tokens=N)")
+        mean = self.mean if source == "last" else self.response_mean
         order = torch.argsort(mean.flatten(), descending=True)[:k]
         n_heads = mean.shape[1]
         return [
@@ -51,32 +65,61 @@ def token_labels(model: Any, ids: Any) -> tuple[str, ...]:
 
 @torch.no_grad()
 def instruction_attention(
-    model: Any, pairs: Any, layers: Any = None, batch_size: int = 8, progress: bool = True
+    model: Any, pairs: Any, layers: Any = None, batch_size: int = 8, progress: bool = True, response_tokens: int = 0
 ) -> InstructionAttention:
     """Mean attention weight of every head from the last token onto the instruction span (found by a token diff).
 
-    >>> att = instruction_attention(model, pairs); att.top_heads(5)
+    With ``response_tokens=N``, each with-instruction prompt's greedy response (up to N tokens)
+    is generated first and the attention from each generated token onto the span is kept too.
+
+    >>> att = instruction_attention(model, pairs, response_tokens=4); att.top_heads(5, source="response")
     """
     layers = check_layer_list(model, layers)
+    if isinstance(response_tokens, bool) or not isinstance(response_tokens, int) or response_tokens < 0:
+        raise WorkbenchError(f"response_tokens must be an integer >= 0, got {response_tokens!r}")
     tps = tokenize_pairs(model, pairs, "instruction attention")
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in layers]
+    responses = [[] for _ in tps]
+    if response_tokens:
+        from ..generation import generate
 
-    def take(name: str, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        return x[torch.arange(x.shape[0], device=x.device), :, last]  # [batch, heads, keys]
+        responses = generate(model, [row.prompt for row in pairs], max_new_tokens=response_tokens, return_tokens=True,
+                             batch_size=batch_size, progress=progress)
+    seqs = [list(tp.with_ids) + list(resp) for tp, resp in zip(tps, responses)]
+    n_ctx = int(getattr(model.cfg, "n_ctx", 0) or 0)
+    if n_ctx and max(len(s) for s in seqs) > n_ctx:
+        raise WorkbenchError(f"instruction attention: a prompt plus its {response_tokens} response tokens exceeds the context of {n_ctx}")
+
+    def queries(i: int) -> list[int]:
+        n = len(tps[i].with_ids)
+        return [n - 1] + list(range(n, n + len(responses[i])))
 
     weights, example = [], None
+    response = torch.full((len(tps), response_tokens, len(layers), int(model.cfg.n_heads)), float("nan"))
     for chunk in batches(len(tps), batch_size, "attention to the instruction", progress):
-        got = bridge_last_token_hooks(model, [tps[i].with_ids for i in chunk], names, take, stop_after=names[-1])
-        rows = torch.stack([got[n] for n in names], 1)  # [batch, layers, heads, keys]
+        q = [queries(i) for i in chunk]
+        width = max(len(x) for x in q)
+        qpos = torch.tensor([x + [x[-1]] * (width - len(x)) for x in q])  # [batch, width], padded by repeating
+
+        def take(name: str, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+            rows = torch.arange(x.shape[0], device=x.device)[:, None]
+            return x.transpose(1, 2)[rows, qpos.to(x.device)]  # [batch, width, heads, keys]
+
+        got = bridge_last_token_hooks(model, [seqs[i] for i in chunk], names, take, stop_after=names[-1])
+        rows = torch.stack([got[n] for n in names], 2)  # [batch, width, layers, heads, keys]
         for r, i in enumerate(chunk):
             a, b = tps[i].span
-            weights.append(rows[r, :, :, a:b].sum(-1))
+            on_span = rows[r, :, :, :, a:b].sum(-1)  # [width, layers, heads]
+            weights.append(on_span[0])
+            n_resp = len(responses[i])
+            response[i, :n_resp] = on_span[1 : 1 + n_resp]
             if i == 0:
-                example = rows[r, :, :, : len(tps[0].with_ids)]
+                example = rows[r, 0, :, :, : len(tps[0].with_ids)]
     return InstructionAttention(
         layers=tuple(layers), model_name=model_info(model).name, weights=torch.stack(weights),
         span_fraction=torch.tensor([(tp.span[1] - tp.span[0]) / len(tp.with_ids) for tp in tps]),
         example_pattern=example, example_tokens=token_labels(model, tps[0].with_ids), example_span=tps[0].span,
+        response=response if response_tokens else None,
     )
 
 
@@ -102,8 +145,12 @@ def attention_figure(att: InstructionAttention, k: int = 10):
     fig.add_trace(go.Heatmap(z=att.mean.tolist(), x=list(range(att.mean.shape[1])), y=list(att.layers),
                              colorscale="Viridis", colorbar=dict(title=dict(text="attention", side="right"), x=0.56, len=0.6, y=0.8),
                              hovertemplate="layer %{y} head %{x}: %{z:.3f}<extra></extra>"), 1, 1)
-    fig.add_trace(go.Table(header=dict(values=["head", "attention on span"]),
-                           cells=dict(values=[[f"L{r['layer']}H{r['head']}" for r in top], [f"{r['attention']:.3f}" for r in top]])), 1, 2)
+    header, cells = ["head", "from the last token"], [[f"L{r['layer']}H{r['head']}" for r in top], [f"{r['attention']:.3f}" for r in top]]
+    if att.response is not None:  # the heads that read the instruction while the response is written
+        resp = att.top_heads(k, source="response")
+        header += [f"head ({att.response.shape[1]} response tokens)", "from response tokens"]
+        cells += [[f"L{r['layer']}H{r['head']}" for r in resp], [f"{r['attention']:.3f}" for r in resp]]
+    fig.add_trace(go.Table(header=dict(values=header), cells=dict(values=cells)), 1, 2)
     colors = ["#d62728" if a <= i < b else "#1f77b4" for i in range(len(pattern))]
     fig.add_trace(go.Bar(x=list(range(len(pattern))), y=pattern.tolist(), marker_color=colors, showlegend=False,
                          customdata=list(att.example_tokens), hovertemplate="%{customdata}: %{y:.3f}<extra></extra>"), 2, 1)

@@ -37,7 +37,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     model = load_model(args.model, device=args.device)
     _, fig, record = run_analysis(
         args.analysis, model, args.instruction, layer=args.layer, layers=int_list(args.layers), sizes=sizes,
-        direction=direction, target=args.target,
+        direction=direction, target=args.target, response_tokens=args.response_tokens,
     )
     stem = f"analysis_{args.analysis}_{short_name(args.instruction)}"
     for path in write_outputs([(fig, stem, record)], args.out, images=args.images):
@@ -67,6 +67,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--direction", help="a saved direction file instead of computing one from the train pairs")
     p.add_argument("--target", help="patching/necessity metric: teacher-forced log-probability of this continuation (e.g. '<<'); "
                    "default: KL shift of the first response token")
+    p.add_argument("--response-tokens", type=int, default=0,
+                   help="attention: also from the first N generated tokens of each with-instruction prompt (default 0)")
     p.add_argument("--n-train", type=int, help="train pairs for the direction and reliability (default 64)")
     p.add_argument("--n-pairs", type=int, help="validation pairs for attribution and attention (default 16)")
     p.add_argument("--n-patch-pairs", type=int, help="validation pairs for patching and necessity (default 4)")

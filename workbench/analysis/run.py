@@ -68,6 +68,7 @@ def run_analysis(
     direction: Direction | None = None,
     target: str | None = None,
     progress: bool = True,
+    response_tokens: int = 0,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Run one analysis: ``(result, figure, record)``; ``record`` is a JSON-ready summary with the exact settings.
 
@@ -97,8 +98,10 @@ def run_analysis(
         return res, attribution.attribution_figure(res), record
     if name == "attention":
         pairs = analysis_pairs(instruction, "validation", sizes.n_pairs)
-        res = attention.instruction_attention(model, pairs, layers, progress=progress)
+        res = attention.instruction_attention(model, pairs, layers, progress=progress, response_tokens=response_tokens)
         record.update(n_pairs=len(pairs), span_share=float(res.span_fraction.mean()), top=res.top_heads(12))
+        if response_tokens:
+            record.update(response_tokens=response_tokens, top_response=res.top_heads(12, source="response"))
         return res, attention.attention_figure(res), record
     grid = list(layers) if layers is not None else strided_layers(model, sizes.layer_stride)
     if name == "patching":
