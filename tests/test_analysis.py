@@ -229,6 +229,10 @@ def test_bad_input_is_one_clear_error(tiny, title_pairs, tiny_direction):
                                          model_name="some-other-model", n_model_layers=4)
     with pytest.raises(ShapeError, match="some-other-model"):
         direct_attribution(tiny, title_pairs, renamed, 1, progress=False)
+    from workbench.analysis import direction_reliability
+
+    with pytest.raises(DatasetError, match="identical"):
+        direction_reliability(tiny, _pairs([("A.", "B."), ("C.", "C."), ("D.", "E."), ("F.", "G.")]), progress=False)
     with pytest.raises(ShapeError, match="context"):
         instruction_attention(tiny, _pairs([("x" * 1100 + " Add a title.", "x" * 1100)]), progress=False)
 

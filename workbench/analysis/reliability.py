@@ -145,6 +145,9 @@ def direction_reliability(
     """
     layers = check_layer_list(model, layers)
     pairs.require_nonempty("direction reliability")
+    for i, row in enumerate(pairs):
+        if row.prompt == row.prompt_without_instruction:
+            raise DatasetError(f"direction reliability: pair {i} ({row.base_id}): the two prompts are identical")
     w, wo = pair_activations(model, pairs, layers, batch_size=batch_size, progress=progress)
     ids = pairs.instruction_ids()
     return reliability_from_activations(w, wo, layers, progress=progress, name="+".join(ids),
