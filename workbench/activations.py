@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
@@ -126,7 +126,7 @@ def collect_activations(
     """
     from .generation import check_count
 
-    if prompts is None or isinstance(prompts, (bytes, dict)) or not isinstance(prompts, (str, Sequence)):
+    if prompts is None or isinstance(prompts, (bytes, dict)) or not isinstance(prompts, (str, Iterable)):
         raise DatasetError(f"collect_activations: prompts must be a string or a list of strings, got {type(prompts).__name__}")
     if isinstance(prompts, str):
         prompts = [prompts]

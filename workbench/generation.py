@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -134,7 +134,7 @@ def generate(
 
     >>> generate(model, ["Describe a rainy afternoon."], max_new_tokens=32)
     """
-    if prompts is None or isinstance(prompts, (bytes, dict)) or not isinstance(prompts, (str, Sequence)):
+    if prompts is None or isinstance(prompts, (bytes, dict)) or not isinstance(prompts, (str, Iterable)):
         raise WorkbenchError(f"generate: prompts must be a string or a list of strings, got {type(prompts).__name__}")
     if isinstance(prompts, str):
         prompts = [prompts]
