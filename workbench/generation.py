@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
@@ -81,7 +82,7 @@ BACKENDS = ("auto", "plain", "compiled", "bridge")
 
 def check_count(name: str, value: Any, minimum: int = 1) -> int:
     """An integer argument ``>= minimum`` (``max_new_tokens``, ``batch_size``...), else a one-line error."""
-    if isinstance(value, bool) or not isinstance(value, (int, torch.Tensor)) or (
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, torch.Tensor)) or (
         isinstance(value, torch.Tensor) and (value.numel() != 1 or value.is_floating_point())
     ):
         raise WorkbenchError(f"{name} must be an integer, got {value!r}")
