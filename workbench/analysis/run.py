@@ -85,7 +85,7 @@ def run_analysis(
         train = analysis_pairs(instruction, "train", sizes.n_train)
         direction = compute_direction(model, train, name=instruction, progress=progress)
         record["direction"] = f"{len(train)} train pairs"
-    elif direction is not None:
+    elif needs_direction:
         record["direction"] = f"given ({direction.name}, {direction.n_pairs} pairs)"
     if name == "attribution":
         pairs = analysis_pairs(instruction, "validation", sizes.n_pairs)
@@ -130,12 +130,16 @@ def analysis_figures(
 ) -> list[tuple[Any, str, dict[str, Any]]]:
     """Every analysis for ``instruction``: ``[(figure, file stem, record)]`` (stems ``analysis_<name>_<instruction>``)."""
     out = []
+    how = None
     if direction is None and any(n in ("attribution", "necessity") for n in names):
         train = analysis_pairs(instruction, "train", sizes.n_train)
         direction = compute_direction(model, train, name=instruction, progress=progress)
+        how = f"{len(train)} train pairs"  # as run_analysis words it when it computes the direction itself
     for name in names:
         say(f"Analysis '{name}' of {instruction} ...")
         _, fig, record = run_analysis(name, model, instruction, sizes=sizes, direction=direction, progress=progress)
+        if how and "direction" in record:
+            record["direction"] = how
         out.append((fig, f"analysis_{name}_{short_name(instruction)}", record))
     return out
 
