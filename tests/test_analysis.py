@@ -249,6 +249,36 @@ def test_cli_analyze_writes_figure_and_record(tmp_path, capsys):
     assert rc == 2 and "layer 9 is out of range" in capsys.readouterr().err
 
 
+def test_post_attention_norms_refuse_attribution_but_patch(tmp_path, title_pairs):
+    """A random Gemma-3 (norms after attention and MLP): the head/MLP sum cannot hold, and says so; patching runs."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    from workbench.errors import WorkbenchError
+    from workbench.models.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    cfg = Gemma3TextConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, sliding_window=64,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    torch.manual_seed(0)
+    hf = Gemma3ForCausalLM(cfg)
+    with torch.no_grad():
+        for p in hf.parameters():
+            if p.dim() == 2:
+                p.normal_(0.0, 0.1)
+    hf.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    gemma = wb.load_model(str(tmp_path), device="cpu")
+    direction = wb.compute_direction(gemma, title_pairs, progress=False)
+    with pytest.raises(WorkbenchError, match="decomposition does not hold"):
+        direct_attribution(gemma, title_pairs, direction, 1, progress=False)
+    p = activation_patching(gemma, title_pairs, layers=[1], n_positions=2, progress=False)
+    torch.testing.assert_close(p.effects[:, 0, 0], torch.ones(3), atol=1e-4, rtol=0)
+
+
 # --- SmolLM2 --------------------------------------------------------------------------------------
 @pytest.mark.integration
 def test_smol_attribution_sum_and_span(smol):
