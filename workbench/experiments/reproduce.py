@@ -476,6 +476,14 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None)
     return out_dir
 
 
+def _resumed_note(sweep: SweepResult) -> str:
+    """Say when the wall time excludes a sweep resumed from an earlier run's sweep.jsonl."""
+    if not sweep.units_skipped:
+        return ""
+    return (f" The sweep resumed {sweep.units_skipped} of its {sweep.units_skipped + sweep.units_run} units from an "
+            "earlier run's sweep.jsonl, so the wall time does not include them.")
+
+
 def _per_instruction_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     """Identity columns of the per-instruction table (as in the results table), then the checked id and its rates."""
     tail = ["checked_id", "n", "strict", "loose"]
@@ -496,7 +504,7 @@ def _publish(cfg: ReproduceConfig, out_dir: Path, model_name: str, elapsed: floa
     head = (f"<!-- written by `{cmd} --publish ...`; do not edit by hand -->\n\n"
             f"Command: `{cmd}`. Wall time: {elapsed / 60:.1f} min on {torch.get_num_threads()} torch thread(s), "
             f"{os.cpu_count()} CPU cores, load average {load[0]} at the start and {load[1]} at the end "
-            f"(torch {torch.__version__}, workbench {__version__}).\n\n")
+            f"(torch {torch.__version__}, workbench {__version__}).{_resumed_note(result['sweep'])}\n\n")
     path = Path(cfg.publish) / _model_dir(model_name) / f"{cfg.experiment}.md"
     write_text_atomic(path, head + "\n".join(parts))
     return path
