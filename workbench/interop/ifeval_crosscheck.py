@@ -136,10 +136,10 @@ class _Resolver:
     def __init__(self) -> None:
         self._cache: dict[tuple[str, str, str], list[Any]] = {}  # (family, target name, split) -> rows
 
-    def rows(self, family: str, name: str, split: str, target_n: Any = None) -> list[Any]:
+    def rows(self, family: str, name: str, split: str, target_n: Any = None, word: Any = None) -> list[Any]:
         """Built-in rows of one experiment target (``language:response_language_fr`` is the French rows,
-        a length record's ``target_n`` N the "at most N sentences" rows)."""
-        key = (family, f"{name}|{target_n}", split)
+        a length record's ``target_n`` N the "at most N sentences" rows, a keywords record's ``word`` its word)."""
+        key = (family, f"{name}|{target_n}|{word}", split)
         if key not in self._cache:
             from ..data import load_pairs
 
@@ -148,6 +148,11 @@ class _Resolver:
                 from ..experiments.reproduce import LENGTH_ID, length_kwargs
 
                 iid, kwargs = LENGTH_ID, length_kwargs(target_n)
+            elif family == "keywords" and isinstance(word, str):
+                from ..data.builtin import WORD_ARGUMENTS
+
+                if name in WORD_ARGUMENTS:
+                    kwargs = {WORD_ARGUMENTS[name]: [word]}
             elif family == "format":
                 from ..experiments.reproduce import format_target_names
 
@@ -169,10 +174,10 @@ class _Resolver:
         if isinstance(rec.get("eval_kwargs"), list):
             return list(ids), [dict(k) for k in rec["eval_kwargs"]], str(rec.get("checked_prompt", rec.get("prompt", "")))
         family = rec.get("experiment")
-        iid = ids[0] if family == "length" else rec.get("instruction_id")
+        iid = ids[0] if family in ("length", "keywords") else rec.get("instruction_id")
         if family not in FAMILIES or not isinstance(iid, str):
             return f"records of experiment {family!r} (kwargs not recoverable)"
-        rows = self.rows(family, iid, str(rec.get("split", "test")), rec.get("target_n"))
+        rows = self.rows(family, iid, str(rec.get("split", "test")), rec.get("target_n"), rec.get("word"))
         candidates = [r for r in rows if r.base_id == rec.get("base_id") and tuple(r.eval_instruction_ids) == tuple(ids)]
         exact = [r for r in candidates if rec.get("prompt") in (r.prompt, r.prompt_without_instruction)]
         candidates = exact or candidates
