@@ -318,6 +318,9 @@ def test_crosscheck_resolves_builtin_kwargs_and_agrees(tmp_path, capsys):
 
     fr = wb.load_pairs("format", "language:response_language", "test", kwargs={"language": "fr"}).rows[0]
     title_row = wb.load_pairs("format", TITLE, "test").rows[0]
+    length_row = wb.load_pairs("length", "length_constraints:number_sentences", "test",
+                               kwargs={"num_sentences": 2, "relation": "less than"}).rows[0]
+    ocean_row = wb.load_pairs("keywords", "keywords:existence", "test", kwargs={"keywords": ["ocean"]}).rows[0]
     records = [
         _record(fr, "Bonjour à tous ! Nous sommes très heureux de vous accueillir dans notre club d'échecs.",
                 name="language:response_language_fr"),  # the reproduce run's target name for the French rows
@@ -326,19 +329,26 @@ def test_crosscheck_resolves_builtin_kwargs_and_agrees(tmp_path, capsys):
         {**_record(title_row, "<<A Warm Welcome>>\n\nDear members, welcome."), "strict": True, "loose": True},
         {**_record(title_row, "Dear members, welcome."), "strict": True, "loose": False},  # a wrong stored score
         {**_record(title_row, "x"), "experiment": "composition"},  # kwargs not recoverable: skipped, counted
+        # a length record names its target N, a keywords record its word (as reproduce writes them)
+        {**_record(length_row, "Welcome to the club, everyone. We meet on Fridays."), "experiment": "length",
+         "target_n": 1, "instruction_id": None},
+        {**_record(ocean_row, "Welcome! Our club meets by the ocean."), "experiment": "keywords", "word": "ocean",
+         "instruction_id": None},
     ]
     path = tmp_path / "generations.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     report = crosscheck(read_generations(path))
-    assert report.n_records == 5 and sum(report.skipped.values()) == 1
+    assert report.n_records == 7 and sum(report.skipped.values()) == 1
     assert (report.n_stored, report.stored_mismatch) == (2, 1)
     got = [(s.instruction_id, s.ours_strict, s.theirs_strict) for s in report.scored]
     assert got == [("language:response_language", True, True), ("language:response_language", False, False),
-                   (TITLE, True, True), (TITLE, False, False)]
+                   (TITLE, True, True), (TITLE, False, False),
+                   ("length_constraints:number_sentences", False, False),  # two sentences: not "at most 1"
+                   ("keywords:existence", True, True)]
     rows = {r["instruction_id"]: r for r in report.rows()}
-    assert rows["all"]["n"] == 4 and rows["all"]["strict_agree"] == 4 and rows["all"]["loose_agree"] == 4
+    assert rows["all"]["n"] == 6 and rows["all"]["strict_agree"] == 6 and rows["all"]["loose_agree"] == 6
     assert main(["interop", "ifeval-crosscheck", str(path), "--out", str(tmp_path / "agree.md")]) == 0
-    assert "| all | 4 | 4/4 | 4/4 |" in (tmp_path / "agree.md").read_text()
+    assert "| all | 6 | 6/6 | 6/6 |" in (tmp_path / "agree.md").read_text()
     capsys.readouterr()
 
 
