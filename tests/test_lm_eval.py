@@ -178,7 +178,7 @@ def test_foreign_file_add_raw_and_clamp_with_bias(tmp_path):
     u = w / w.norm()
     assert clamp.mode == "project" and clamp.target == pytest.approx(1.5 + float(b @ u), rel=1e-5)
     # both specs do exactly what lm-eval's own add / clamp functions do
-    from lm_eval.models.hf_steered import SteeredModel
+    SteeredModel = pytest.importorskip("lm_eval.models.hf_steered").SteeredModel
 
     x = torch.randn(2, 5, 64, generator=g)
     assert torch.allclose(add.apply(x, None), SteeredModel.add(x, vector=v * 3.0, head_index=None), atol=1e-5)

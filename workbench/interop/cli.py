@@ -1,6 +1,7 @@
-"""``workbench directions export`` and ``workbench directions import``: convert directions to and from other tools' files.
+"""``workbench directions export`` / ``import`` (llama.cpp GGUF, lm-eval steer files, tensor files) and ``workbench interop``.
 
-:func:`register` adds both subcommands to the ``directions`` subparsers of ``workbench.cli``.
+:func:`register` adds export and import to the ``directions`` subparsers of ``workbench.cli``;
+:func:`register_top` adds ``workbench interop ifeval-crosscheck``.
 """
 
 from __future__ import annotations
