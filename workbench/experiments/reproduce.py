@@ -121,7 +121,7 @@ def exp_format(run: Run) -> dict[str, Any]:
     for t, iid, kwargs in targets:
         sel = sweep.selection.get(t.name)
         rows = evals[t.name]
-        run.say(f"  {t.name}: four conditions on {len(rows)} evaluation prompts")
+        run.say(f"  {t.name}: conditions on {len(rows)} evaluation prompts ({len(rows.with_twin())} with an instruction-free twin)")
         table += run.conditions_table(rows, _specs_for(run, t.direction, sel, t.mode), {"instruction_id": t.name, **_sel_meta(sel, t.mode)})
     table += _pooled(table, ["condition"], {"instruction_id": "all"})
     attach_p_values(table, ["instruction_id"])
@@ -441,7 +441,7 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None)
     memo = GenerationMemo(model, cfg.max_new_tokens or 48, cfg.batch_size, cfg.seed)
     run = Run(config=cfg, model=model, reference=reference, out_dir=out_dir, memo=memo, say=say)
     say(f"{cfg.experiment}: layers {cfg.layers}, strengths {cfg.strengths}, mode {cfg.mode}, "
-        f"{cfg.n_train} train / {cfg.n_val} validation / {cfg.n_eval} evaluation prompts, {cfg.max_new_tokens} new tokens")
+        f"{cfg.n_train} train / {cfg.n_val} validation / {cfg.n_eval or 'all'} evaluation prompts, {cfg.max_new_tokens} new tokens")
     result = RUNNERS[cfg.experiment](run)
     sweep: SweepResult = result["sweep"]
     _save_directions(run, result["selection"])

@@ -175,7 +175,8 @@ class Run:
         deg = [degeneration(t) for t in responses]
         for row, prompt, text, s, lo, p, d in zip(rows, prompts, responses, strict, loose, ppl, deg):
             self.generations.append({**meta, "base_id": row.base_id, "split": row.split, "prompt": prompt, "response": text,
-                                     "eval_instruction_ids": list(row.eval_instruction_ids), "strict": s, "loose": lo,
+                                     "eval_instruction_ids": list(row.eval_instruction_ids),
+                                     "eval_kwargs": [dict(k) for k in row.eval_kwargs], "strict": s, "loose": lo,
                                      "perplexity": p, "degeneration": d})
         by_id: dict[str, list[tuple[bool, bool]]] = {}
         for cs in checks:
