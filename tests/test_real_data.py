@@ -300,3 +300,9 @@ def test_compare_runs_pairs_by_prompt(tmp_path, capsys):
     assert main(["compare", str(a), str(b)]) == 0 and "McNemar" in capsys.readouterr().out
     assert main(["compare", str(a), str(tmp_path)]) == 2
     assert "no generations.jsonl" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(n_eval=-1), dict(n_train=2.5), dict(max_degeneration=1.5)])
+def test_config_refuses_what_it_would_not_run(bad):
+    with pytest.raises(WorkbenchError, match="must be a positive integer|max_degeneration"):
+        ReproduceConfig("format", **bad).resolved(30)

@@ -39,13 +39,12 @@ def active_hooks(model: Any) -> list[str]:
 
 
 def _encode_pairs(model: Any, prompts: Sequence[str], responses: Sequence[str], formatted: bool):
-    """Token ids of each formatted prompt and of each response (tokenised apart, then joined)."""
+    """Token ids of each formatted prompt (exactly as generation tokenises it) and of each response, apart."""
     info = model_info(model)
     tok = model.tokenizer
     out = []
     for prompt, response in zip(prompts, responses):
-        text = prompt if formatted else info.formatter.format(prompt)
-        p_ids = tok(text, add_special_tokens=info.formatter.add_special_tokens)["input_ids"]
+        p_ids = info.formatter.token_ids(prompt, formatted)  # the ids generation saw (user text's control tokens as text)
         r_ids = tok(response, add_special_tokens=False)["input_ids"] if response else []
         out.append((list(p_ids), list(r_ids)))
     return out

@@ -96,6 +96,12 @@ class ReproduceConfig:
         """A copy with every preset field filled in for a model with ``n_layers`` layers."""
         if self.experiment not in EXPERIMENTS:
             raise WorkbenchError(f"unknown experiment {self.experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
+        for name in ("n_train", "n_val", "n_eval", "max_new_tokens", "batch_size", "threads", "workers"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise WorkbenchError(f"{name} must be a positive integer (or None for the preset), got {value!r}")
+        if self.max_degeneration is not None and not 0 <= self.max_degeneration <= 1:
+            raise WorkbenchError(f"max_degeneration is a share of repeated 3-grams in [0, 1] (or None), got {self.max_degeneration}")
         preset = PRESETS[self.experiment][self.quick]
         filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
         if self.eval_data and self.n_eval is None:
