@@ -289,6 +289,8 @@ def test_compare_runs_pairs_by_prompt(tmp_path, capsys):
         gens = [{"instruction_id": TITLE, "condition": "no_instruction_steered", "base_id": f"q{i}", "strict": p,
                  "degeneration": rep, "layer": 26, "strength": 1.0} for i, p in enumerate(passes)]
         gens.append({"instruction_id": TITLE, "condition": "no_instruction", "base_id": "q0", "strict": False, "degeneration": 0.0})
+        for g in gens:
+            g["response"] = "text"
         write_jsonl(d / "generations.jsonl", gens)
         return d
 
@@ -299,7 +301,7 @@ def test_compare_runs_pairs_by_prompt(tmp_path, capsys):
     assert row["p"] == pytest.approx(2 / 512)
     assert main(["compare", str(a), str(b)]) == 0 and "McNemar" in capsys.readouterr().out
     assert main(["compare", str(a), str(tmp_path)]) == 2
-    assert "no generations.jsonl" in capsys.readouterr().err
+    assert "generations.jsonl: no such file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad", [dict(max_new_tokens=0), dict(n_eval=-1), dict(n_train=2.5), dict(max_degeneration=1.5)])

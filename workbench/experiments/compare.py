@@ -12,31 +12,26 @@ Example::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import WorkbenchError
 from ..evaluation.stats import mcnemar_exact, rate_cell
+from .results import read_generations
 
 IDENTITY = ("instruction_id", "word", "task", "steering", "target_n", "format")
 LOOP = 0.5
 
 
 def _steered(run_dir: Path) -> dict[tuple, dict[str, dict[str, Any]]]:
+    """The steered generations of a run folder, by (identity, condition) and base id."""
     path = Path(run_dir) / "generations.jsonl"
-    if not path.is_file():
-        raise WorkbenchError(f"{run_dir}: no generations.jsonl (not a finished reproduce run folder)")
     cells: dict[tuple, dict[str, dict[str, Any]]] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            g = json.loads(line)
-            if not str(g["condition"]).endswith("_steered"):
-                continue
-            key = (*(g.get(c) for c in IDENTITY), g["condition"])
-            cells.setdefault(key, {})[str(g["base_id"])] = g
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise WorkbenchError(f"{path} line {lineno}: not a generation record ({exc})") from None
+    for g in read_generations(path):
+        if "condition" not in g or "base_id" not in g or "strict" not in g:
+            raise WorkbenchError(f"{path}: a record lacks condition, base_id or strict (not a reproduce run's generations)")
+        if str(g["condition"]).endswith("_steered"):
+            cells.setdefault((*(g.get(c) for c in IDENTITY), g["condition"]), {})[str(g["base_id"])] = g
     return cells
 
 

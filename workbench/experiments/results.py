@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..errors import DatasetError
 from ..io import write_text_atomic
 from .store import _clean
 
@@ -95,3 +96,24 @@ def write_jsonl(path: str | Path, records: Sequence[dict[str, Any]]) -> Path:
     text = "".join(json.dumps(_clean(r), ensure_ascii=False, allow_nan=False) + "\n" for r in records)
     write_text_atomic(path, text)
     return Path(path)
+
+
+def read_generations(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a ``generations.jsonl`` file; a missing file or bad line is a ``DatasetError`` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    records = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(f"{path}:{i}: not JSON ({exc.msg})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("response"), str):
+            raise DatasetError(f"{path}:{i}: a generations record needs a string 'response'")
+        records.append(rec)
+    if not records:
+        raise DatasetError(f"{path}: no generations")
+    return records

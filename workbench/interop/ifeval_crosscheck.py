@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..experiments.results import read_generations  # noqa: F401  (re-exported: the CLI and tests use it here)
 from ..errors import DatasetError, WorkbenchError
 
 FAMILIES = ("format", "length", "keywords")
@@ -107,27 +108,6 @@ def lm_eval_scores(response: str, instruction_ids: Sequence[str], kwargs_list: S
     strict = utils.test_instruction_following_strict(inp, response).follow_instruction_list
     loose = utils.test_instruction_following_loose(inp, response).follow_instruction_list
     return list(zip(strict, loose))
-
-
-def read_generations(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a ``generations.jsonl`` file; a missing file or bad line is a ``DatasetError`` naming it."""
-    path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
-    records = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}:{i}: not JSON ({exc.msg})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("response"), str):
-            raise DatasetError(f"{path}:{i}: a generations record needs a string 'response'")
-        records.append(rec)
-    if not records:
-        raise DatasetError(f"{path}: no generations")
-    return records
 
 
 class _Resolver:
