@@ -308,3 +308,12 @@ def test_compare_runs_pairs_by_prompt(tmp_path, capsys):
 def test_config_refuses_what_it_would_not_run(bad):
     with pytest.raises(WorkbenchError, match="must be a positive integer|max_degeneration"):
         ReproduceConfig("format", **bad).resolved(30)
+
+
+def test_length_table_has_intervals_and_p_values(tiny, tmp_path):
+    cfg = ReproduceConfig("length", targets=[1], strengths=[1.0], n_eval=3, out=str(tmp_path / "l"), **SMALL)
+    out = run_reproduce(cfg, say=lambda s: None, model=tiny)
+    table = list(csv.DictReader((out / "results.csv").open()))
+    assert {"accuracy_lo", "accuracy_hi", "accuracy_p"} <= set(table[0])
+    steered = [r for r in table if r["condition"].endswith("_steered")]
+    assert steered and all(0 <= float(r["accuracy_p"]) <= 1 for r in steered)

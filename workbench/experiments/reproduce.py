@@ -187,7 +187,7 @@ def exp_length(run: Run) -> dict[str, Any]:
             r["mean_sentences"] = sum(count_sentences(t) for t in texts) / len(texts)
         table += part
     dist = _length_distribution(run, direction, sel, ns)
-    return {"table": table, "columns": ["target_n", "condition", "n", "accuracy", "loose_accuracy", "mean_sentences",
+    return {"table": table, "columns": ["target_n", "condition", "n", "accuracy", "accuracy_p", "loose_accuracy", "mean_sentences",
                                         "perplexity", "degeneration", "layer", "strength", "scale"],
             "sweep": sweep, "selection": sweep.selection, "extra_tables": {"length_distribution": (dist, DIST_COLUMNS)}}
 
@@ -362,7 +362,7 @@ def exp_transfer(run: Run) -> dict[str, Any]:
         rows = run.eval_rows("format", t.name)
         table += run.conditions_table(rows, _specs_for(run, t.direction, sel, t.mode),
                                       {"instruction_id": t.name, "source": model_info(source).name, **_sel_meta(sel, t.mode)})
-    return {"table": table, "columns": ["instruction_id", "source", "condition", "n", "accuracy", "loose_accuracy", "perplexity",
+    return {"table": table, "columns": ["instruction_id", "source", "condition", "n", "accuracy", "accuracy_p", "loose_accuracy", "perplexity",
                                         "degeneration", "layer", "strength", "mode"], "sweep": sweep, "selection": sweep.selection}
 
 
