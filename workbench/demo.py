@@ -37,11 +37,14 @@ class DemoInstruction:
     label: str = ""
 
 
-# Layers chosen by hand on SmolLM2-135M-Instruct's validation prompts (docs/demo.md has the measurements).
+# Settings chosen by hand on SmolLM2-135M-Instruct's validation prompts to pass reproduce's repetition rule (docs/demo.md).
 DEMO_INSTRUCTIONS = (
-    DemoInstruction("detectable_format:title", "format", layer=26, max_new_tokens=48, label="title in <<double angular brackets>>"),
-    DemoInstruction("keywords:existence", "keywords", layer=24, kwargs={"keywords": ["ocean"]}, max_new_tokens=96, label="include the word 'ocean'"),
-    DemoInstruction("detectable_format:multiple_sections", "format", layer=24, max_new_tokens=96, label="2-5 sections marked 'Section 1', 'PARAGRAPH 1', ..."),
+    DemoInstruction("detectable_format:title", "format", layer=26, strength=0.5, max_new_tokens=48,
+                    label="title in <<double angular brackets>>"),
+    DemoInstruction("keywords:existence", "keywords", layer=24, kwargs={"keywords": ["ocean"]}, strength=1.0,
+                    max_new_tokens=96, label="include the word 'ocean'"),
+    DemoInstruction("detectable_format:number_highlighted_sections", "format", layer=26, strength=0.5, max_new_tokens=64,
+                    label="2-4 *highlighted* sections"),
 )
 
 
