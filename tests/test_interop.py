@@ -11,9 +11,9 @@ import torch
 import workbench as wb
 from workbench.directions import Direction
 from workbench.generation import eos_token_ids
+from workbench.steering import hf_steer
 from workbench.interop import (
     export_control_vector,
-    hf_steer,
     import_direction,
     llama_cpp_index,
     load_control_vector,

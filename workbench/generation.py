@@ -11,12 +11,12 @@ from tqdm.auto import tqdm
 
 from .errors import WorkbenchError
 from .hooks import forward_hooks
-from .interop.hf_hooks import hf_steer
 from .models.loading import model_info
 from .models.prompts import ContextLengthError
 from .models.plain import plain_model_for
 from .static_decoding import next_tokens, static_decoder_for
-from .steering import GenerationState
+from .steering.plain import hf_steer
+from .steering.spec import GenerationState
 
 
 def eos_token_ids(model: Any) -> list[int]:

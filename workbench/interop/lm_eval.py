@@ -242,7 +242,8 @@ def export_lm_eval(
 
 
 def _check_hf(direction: Direction, hf_model: Any) -> None:
-    from .hf_hooks import decoder_layers, hidden_size
+    from ..models.plain import decoder_layers
+    from ..steering.plain import hidden_size
 
     d, n = hidden_size(hf_model), len(decoder_layers(hf_model))
     if d != direction.d_model:
@@ -271,7 +272,7 @@ def is_lm_eval_file(path: str | Path) -> bool:
 def _model_layout(model: Any) -> tuple[str, int, int, set[str], str]:
     """(hookpoint prefix, n decoder layers, d_model, every module name under base_model, display name)."""
     from ..models.plain import decoder_layers
-    from .hf_hooks import hidden_size
+    from ..steering.plain import hidden_size
 
     hf = _hf_model(model)
     base = getattr(hf, "base_model", hf)

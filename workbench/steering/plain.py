@@ -15,7 +15,7 @@ import torch
 from ..directions import Direction, LayerDirection
 from ..errors import SteeringError, WorkbenchError
 from ..models.plain import decoder_layers, layer_input, layer_output, with_layer_input, with_layer_output
-from ..steering import GenerationState, SteeringSpec, resolve_specs
+from .spec import GenerationState, SteeringSpec, resolve_specs
 
 def hidden_size(hf_model: Any) -> int:
     """Width of the residual stream from the model's config."""

@@ -1,19 +1,21 @@
-"""Steering: add, project or ablate a direction in the residual stream inside a ``with`` block."""
+"""The steering spec and its arithmetic, once: what an intervention is (:class:`SteeringSpec`), how it changes
+a residual stream (:meth:`SteeringSpec.apply`), and how user arguments become specs (:func:`resolve_specs`).
+
+Each execution path applies these specs through its own adapter: :mod:`.bridge` (TransformerLens hooks),
+:mod:`.plain` (plain ``transformers`` decoder layers) and :mod:`.compiled` (slot tensors in a compiled step)."""
 
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from jaxtyping import Float
 
-from .directions import Direction, LayerDirection, unit_vector
-from .errors import LayerError, ShapeError, SteeringError
-from .hooks import forward_hooks, hook_name
+from ..directions import Direction, LayerDirection, unit_vector
+from ..errors import LayerError, ShapeError, SteeringError
 
 MODES = ("add", "project", "ablate")
 POSITIONS = ("all", "prompt", "generated")
@@ -199,43 +201,3 @@ def resolve_specs(
                 "(a vector from another model?)"
             )
     return specs
-
-
-@contextlib.contextmanager
-def steer(
-    model: Any,
-    *directions: Direction | LayerDirection | torch.Tensor | SteeringSpec,
-    layer: int | None = None,
-    coeff: float = 1.0,
-    mode: str = "add",
-    positions: str = "all",
-    target: float | None = None,
-    hook: str = "resid_post",
-) -> Iterator[list[SteeringSpec]]:
-    """Steer ``model`` inside the block; hooks are removed on exit, also on exceptions.
-
-    Each positional argument is a direction (combined with the keyword arguments) or a ready
-    :class:`SteeringSpec`; several compose (applied in order at their layers).
-    """
-    specs = resolve_specs(directions, int(model.cfg.n_layers), int(model.cfg.d_model), layer, coeff, mode, positions, target, hook)
-    info = getattr(model, "workbench", None)
-
-    def hook_fn(spec: SteeringSpec):
-        def fn(x: torch.Tensor) -> torch.Tensor:
-            state = getattr(info, "generation_state", None) if info is not None else None
-            return spec.apply(x, state)
-
-        return fn
-
-    # generate() re-applies the active specs on a plain copy of the model for speed
-    active = info.active_specs if info is not None else []
-    active.extend(specs)
-    try:
-        with forward_hooks(model, [(hook_name(s.layer, s.hook), hook_fn(s)) for s in specs]):
-            yield specs
-    finally:
-        for spec in specs:
-            for i, other in enumerate(active):
-                if other is spec:
-                    del active[i]
-                    break
