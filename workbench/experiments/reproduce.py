@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..data import PairDataset, PairRow, load_pairs
+from ..data import PairDataset, PairRow
 from ..directions import Direction
 from ..errors import DatasetError, LayerError, ShapeError, WorkbenchError
 from ..evaluation.stats import rate_cell
@@ -128,9 +128,14 @@ def exp_format(run: Run) -> dict[str, Any]:
     return {"table": table, "columns": _with_instruction_level(table, FORMAT_COLUMNS), "sweep": sweep, "selection": sweep.selection}
 
 
+def _checks_several(table: Sequence[dict[str, Any]]) -> bool:
+    """Whether some prompt of the table checks more than one instruction."""
+    return any(r.get("n_checks", r["n"]) != r["n"] for r in table)
+
+
 def _with_instruction_level(table: list[dict[str, Any]], columns: list[str]) -> list[str]:
     """IFEval's instruction-level accuracies beside the prompt-level ones, where some prompt checks several instructions."""
-    if not any(r.get("n_checks", r["n"]) != r["n"] for r in table):
+    if not _checks_several(table):
         return columns
     at = columns.index("loose_accuracy") + 1
     return columns[:at] + ["n_checks", "instruction_accuracy", "instruction_loose_accuracy"] + columns[at:]
@@ -300,7 +305,7 @@ def exp_composition(run: Run) -> dict[str, Any]:
                     prompts = used.prompts() if kind == "instruction" else used.prompts_without_instruction()
                     texts = run.memo.generate(prompts, specs, cfg.max_new_tokens)
                     cell = run.score(used, prompts, texts, {"format": t.name, "target_n": n, "steering": steering, "prompt": kind})
-                    fmt_pass, len_pass = _format_and_length_passes(used, texts)
+                    fmt_pass, len_pass = _format_and_length_passes(cell["_checks"])
                     cell.update({**rate_cell(fmt_pass, "format_acc"), **rate_cell(len_pass, "length_acc"),
                                  "both_acc": cell["accuracy"], "both_acc_lo": cell["accuracy_lo"], "both_acc_hi": cell["accuracy_hi"]})
                     table.append(cell)
@@ -314,12 +319,10 @@ def exp_composition(run: Run) -> dict[str, Any]:
             "sweep": sweep, "selection": sweep.selection}
 
 
-def _format_and_length_passes(rows: Sequence[PairRow], texts: Sequence[str]) -> tuple[list[bool], list[bool]]:
-    """Per response: every non-length instruction followed (strict), and the length instruction followed."""
-    from .units import check_rows
-
+def _format_and_length_passes(all_checks: Sequence[Sequence[Any]]) -> tuple[list[bool], list[bool]]:
+    """Per response (from its checks): every non-length instruction followed (strict), and the length instruction."""
     fmt, length = [], []
-    for checks in check_rows(rows, texts):
+    for checks in all_checks:
         fmt.append(all(c.strict for c in checks if c.instruction_id != LENGTH_ID))
         length.append(all(c.strict for c in checks if c.instruction_id == LENGTH_ID))
     return fmt, length
@@ -402,13 +405,14 @@ def run_reproduce(config: ReproduceConfig, say: Callable[[str], None] = print, m
     if config.experiment not in EXPERIMENTS:
         raise WorkbenchError(f"unknown experiment {config.experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
     make_executor(config.executor, address=config.address, workers=config.workers)  # fail at once (e.g. Ray not installed)
+    eval_file = None
     if config.eval_data:  # a bad evaluation file fails before the model is loaded
         from ..data import read_pairs_file
 
-        read_pairs_file(config.eval_data, config.fields, config.convention)
+        eval_file = read_pairs_file(config.eval_data, config.fields, config.convention)
     threads_before = torch.get_num_threads()
     try:
-        return _run(config, say, model)
+        return _run(config, say, model, eval_file)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -421,7 +425,7 @@ def _load() -> float | None:
         return None
 
 
-def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None) -> Path:
+def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None, eval_file: tuple | None = None) -> Path:
     start, load_start = time.time(), _load()
     torch.set_num_threads(cpu_threads(config.threads, config.device))
     torch.manual_seed(config.seed)
@@ -440,6 +444,8 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None)
     _lock = hold_run_folder(out_dir)  # noqa: F841  one writer per run folder (a second process fails here); freed on return
     memo = GenerationMemo(model, cfg.max_new_tokens or 48, cfg.batch_size, cfg.seed)
     run = Run(config=cfg, model=model, reference=reference, out_dir=out_dir, memo=memo, say=say)
+    if eval_file is not None:
+        run.use_eval_data(*eval_file)
     say(f"{cfg.experiment}: layers {cfg.layers}, strengths {cfg.strengths}, mode {cfg.mode}, "
         f"{cfg.n_train} train / {cfg.n_val} validation / {cfg.n_eval or 'all'} evaluation prompts, {cfg.max_new_tokens} new tokens")
     result = RUNNERS[cfg.experiment](run)
@@ -454,7 +460,7 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None)
     files["sweep"] = [str(p) for p in write_table(out_dir / "sweep", sweep_rows, SWEEP_COLUMNS, f"validation sweep ({cfg.experiment})",
                                                   "Rows with an empty layer are the unsteered baseline. Strength: see docs/reproduce.md.")]
     write_json_atomic(out_dir / "heatmap.json", heatmap_records(sweep))
-    if any(r.get("n_checks", r["n"]) != r["n"] for r in result["table"]):  # prompts with several instructions
+    if _checks_several(result["table"]):
         result.setdefault("extra_tables", {})["per_instruction"] = (run.per_instruction, _per_instruction_columns(run.per_instruction))
     for name, (rows, columns) in result.get("extra_tables", {}).items():
         files[name] = [str(p) for p in write_table(out_dir / name, rows, columns, name.replace("_", " "))]

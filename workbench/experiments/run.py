@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,7 +21,7 @@ from .config import ReproduceConfig
 from .hygiene import check_split_hygiene
 from .executors import make_executor, sweep_stats
 from .sweep import SweepResult, SweepSettings, SweepTarget, run_sweep
-from .units import check_rows
+from .units import check_rows, prompt_passes
 
 # A steered condition and the unsteered condition on the same prompts (its McNemar twin).
 TWINS = {"no_instruction_steered": "no_instruction", "instruction_steered": "instruction"}
@@ -94,13 +94,16 @@ class Run:
     def eval_data(self) -> PairDataset:
         """The ``--eval-data`` file, read once (its schema, convention and failed rewrites go to the log and config)."""
         cfg = self.config
-        key = (cfg.eval_data, cfg.fields, cfg.convention)
-        if self._eval_data is None or self._eval_data[0] != key:
-            data, report = read_pairs_file(cfg.eval_data, cfg.fields, cfg.convention)  # type: ignore[arg-type]
-            for line in report.lines():
-                self.say(f"  {line}")
-            self.eval_report, self._eval_data = report, (key, data)
-        return self._eval_data[1]
+        if self._eval_data is None or self._eval_data[0] != (cfg.eval_data, cfg.fields, cfg.convention):
+            self.use_eval_data(*read_pairs_file(cfg.eval_data, cfg.fields, cfg.convention))  # type: ignore[arg-type]
+        return self._eval_data[1]  # type: ignore[index]
+
+    def use_eval_data(self, data: PairDataset, report: LoadReport) -> None:
+        """Take the ``--eval-data`` file as already read (and say how it was read)."""
+        for line in report.lines():
+            self.say(f"  {line}")
+        cfg = self.config
+        self.eval_report, self._eval_data = report, ((cfg.eval_data, cfg.fields, cfg.convention), data)
 
     def eval_rows(self, family: str, iid: str, kwargs: dict | None = None, name: str | None = None) -> PairDataset:
         """Test rows (or the ``--eval-data`` rows that check ``iid`` with ``kwargs``), checked against the used rows.
@@ -166,11 +169,10 @@ class Run:
 
         Accuracy is IFEval's prompt level (every instruction of a row followed), strict and loose, with 95%
         Wilson intervals; ``instruction_accuracy`` is IFEval's instruction level (share of all checks).
-        Keys starting with ``_`` (per-prompt passes) feed the paired tests and are not written.
+        Keys starting with ``_`` (per-prompt passes and checks) feed paired tests and sub-scores and are not written.
         """
         checks = check_rows(rows, responses)
-        strict = [all(c.strict for c in cs) for cs in checks]
-        loose = [all(c.loose for c in cs) for cs in checks]
+        strict, loose = prompt_passes(checks)
         ppl = response_perplexities(self.reference, prompts, responses, batch_size=self.config.batch_size)
         deg = [degeneration(t) for t in responses]
         for row, prompt, text, s, lo, p, d in zip(rows, prompts, responses, strict, loose, ppl, deg):
@@ -189,7 +191,7 @@ class Run:
         flat = [c for cs in checks for c in cs]
         return {**meta, **rate_columns(strict, loose, [c.strict for c in flat], [c.loose for c in flat]),
                 "perplexity": mean_perplexity(ppl), "degeneration": sum(deg) / len(deg), "_ppl": list(ppl), "_deg": deg,
-                "_keys": [r.base_id for r in rows]}
+                "_keys": [r.base_id for r in rows], "_checks": checks}
 
     def conditions_table(self, rows: PairDataset, specs: list | None, meta: dict[str, Any],
                          conditions: Sequence[str] = CONDITIONS) -> list[dict[str, Any]]:

@@ -48,10 +48,14 @@ def check_rows(rows: Sequence[PairRow], responses: Sequence[str]) -> list[list[C
     return [check_response(text, row.eval_instruction_ids, row.eval_kwargs, row.prompt) for row, text in zip(rows, responses)]
 
 
+def prompt_passes(checks: Sequence[Sequence[CheckResult]]) -> tuple[list[bool], list[bool]]:
+    """Strict and loose pass of each response on all of its checks (IFEval's prompt level)."""
+    return [all(r.strict for r in cs) for cs in checks], [all(r.loose for r in cs) for cs in checks]
+
+
 def score_rows(rows: Sequence[PairRow], responses: Sequence[str]) -> tuple[list[bool], list[bool]]:
     """Strict and loose pass of each response on all of its row's instructions (IFEval's prompt level)."""
-    checks = check_rows(rows, responses)
-    return [all(r.strict for r in cs) for cs in checks], [all(r.loose for r in cs) for cs in checks]
+    return prompt_passes(check_rows(rows, responses))
 
 
 def compute_unit(reference: Any, unit: Unit, batch_size: int, max_new_tokens: int, memo: GenerationMemo) -> dict[str, Any]:
