@@ -15,8 +15,10 @@ from .models.loading import model_info
 from .models.prompts import ContextLengthError
 from .models.plain import plain_model_for
 from .static_decoding import next_tokens, static_decoder_for
-from .steering.plain import hf_steer
-from .steering.spec import GenerationState
+from .steering.bridge import steer_rows
+from .steering.plain import hf_steer, hf_steer_rows
+from .steering.rows import RowSteering
+from .steering.spec import GenerationState, SteeringSpec
 
 
 def eos_token_ids(model: Any) -> list[int]:
@@ -109,6 +111,7 @@ def generate(
     min_new_tokens: int = 0,
     truncate: str | None = None,
     parse_special_tokens: bool = False,
+    row_steering: Sequence[Sequence[SteeringSpec]] | None = None,
 ) -> list[str] | list[list[int]]:
     """Generate a response for each user text (prompt excluded from the output).
 
@@ -133,6 +136,10 @@ def generate(
     forge chat turns; ``parse_special_tokens=True`` parses them (``formatted=True`` prompts,
     full templates, always are).
 
+    ``row_steering``: one list of :class:`~workbench.steering.SteeringSpec` per prompt, applied to that
+    prompt's row only (after any open ``steer`` block's): several sweep units decode in one batch, each
+    row with its own direction, layer, mode, strength and positions (:mod:`workbench.steering.rows`).
+
     >>> generate(model, ["Describe a rainy afternoon."], max_new_tokens=32)
     """
     if prompts is None or isinstance(prompts, (bytes, dict)) or not isinstance(prompts, (str, Iterable)):
@@ -154,7 +161,16 @@ def generate(
     info = model_info(model)
     if backend not in BACKENDS:
         raise WorkbenchError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
-    plain = plain_model_for(model) if backend != "bridge" else None
+    rows_steering = None
+    if row_steering is not None:
+        if isinstance(row_steering, (str, bytes)) or len(row_steering) != len(prompts):
+            raise WorkbenchError(f"generate: row_steering needs one list of specs per prompt ({len(prompts)}), "
+                                 f"got {len(row_steering) if not isinstance(row_steering, (str, bytes)) else 'a string'}")
+        rows_steering = RowSteering.build(row_steering, int(model.cfg.n_layers), int(model.cfg.d_model))
+    bridge_only_rows = rows_steering is not None and any(h not in ("resid_post", "resid_pre") for h, _ in rows_steering.sites())
+    plain = plain_model_for(model) if backend != "bridge" and not (bridge_only_rows and backend == "auto") else None
+    if bridge_only_rows and backend in ("plain", "compiled"):
+        raise WorkbenchError(f"backend={backend!r} steers rows at resid_post or resid_pre only; use backend='bridge'")
     if backend in ("plain", "compiled") and plain is None:
         raise WorkbenchError(
             f"backend={backend!r} cannot reproduce the active hooks (resid_mid steering or hooks added by hand); "
@@ -181,18 +197,28 @@ def generate(
         )
         if do_sample:
             torch.manual_seed(seed + start)
+        batch_rows = None if rows_steering is None else rows_steering.rows(start, start + batch_size)
+        if batch_rows is not None and not batch_rows:
+            batch_rows = None  # no row of this batch is steered on its own
         if use_cache and backend == "compiled":
             gen = torch.Generator().manual_seed(seed + start) if do_sample else None
+            specs = (info.active_specs if batch_rows is None
+                     else [list(info.active_specs) + list(row) for row in batch_rows.specs])
             out = static_decoder_for(model).generate(
-                ids, mask, info.active_specs, max_new_tokens, min_new_tokens, eos, pad,
-                lambda logits: _pick(logits, do_sample, temperature, top_p, gen),
+                ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad,
+                lambda logits: _pick(logits, do_sample, temperature, top_p, gen), per_row=batch_rows is not None,
             )
         elif use_cache and plain is not None:
-            steering = hf_steer(plain, *info.active_specs, prompt_len=prompt_len) if info.active_specs else contextlib.nullcontext()
-            with steering:
+            with contextlib.ExitStack() as stack:
+                if info.active_specs:
+                    stack.enter_context(hf_steer(plain, *info.active_specs, prompt_len=prompt_len))
+                if batch_rows is not None:
+                    stack.enter_context(hf_steer_rows(plain, batch_rows, prompt_len=prompt_len))
                 out = plain.generate(**hf_kwargs)
         else:
-            with generation_state(model, prompt_len, use_cache):
+            with generation_state(model, prompt_len, use_cache), (
+                steer_rows(model, batch_rows) if batch_rows is not None else contextlib.nullcontext()
+            ):
                 if use_cache:
                     out = model.original_model.generate(**hf_kwargs)
                 else:

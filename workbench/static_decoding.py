@@ -83,14 +83,17 @@ class StaticDecoder:
         self,
         ids: Int[torch.Tensor, "batch prompt"],
         mask: Int[torch.Tensor, "batch prompt"],
-        specs: Sequence[SteeringSpec],
+        specs: Sequence[SteeringSpec] | Sequence[Sequence[SteeringSpec]],
         max_new_tokens: int,
         min_new_tokens: int,
         eos: list[int],
         pad: int,
         pick: Callable[[torch.Tensor], torch.Tensor],
+        per_row: bool = False,
     ) -> Int[torch.Tensor, "batch total"]:
-        """Prompt plus new tokens, each row padded with ``pad`` after its EOS (as ``transformers``' generate)."""
+        """Prompt plus new tokens, each row padded with ``pad`` after its EOS (as ``transformers``' generate).
+
+        ``specs``: one list for every row, or one list per row (``per_row=True``: rows of a packed batch)."""
         from transformers import StaticCache
 
         batch, prompt_len = ids.shape
@@ -107,13 +110,14 @@ class StaticDecoder:
         eos_t = torch.tensor(eos, device=ids.device)
         done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
         out = [ids]
-        self.slots.load(specs, "prompt")
+        rows = list(specs) if per_row else [specs]
+        self.slots.load_rows(rows, "prompt")
         logits = self.model(
             input_ids=ids, attention_mask=full_mask, position_ids=positions,
             cache_position=torch.arange(prompt_len, device=ids.device), past_key_values=cache,
             use_cache=True, logits_to_keep=1,
         ).logits[:, -1]
-        self.slots.load(specs, "generated")
+        self.slots.load_rows(rows, "generated")
         for step in range(max_new_tokens):
             nxt = next_tokens(logits, step, min_new_tokens, eos_t, done, pad, pick)
             out.append(nxt[:, None])

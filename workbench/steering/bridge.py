@@ -9,6 +9,7 @@ import torch
 
 from ..directions import Direction, LayerDirection
 from ..hooks import forward_hooks, hook_name
+from .rows import RowSteering
 from .spec import SteeringSpec, resolve_specs
 
 
@@ -50,3 +51,20 @@ def steer(
                 if other is spec:
                     del active[i]
                     break
+
+
+@contextlib.contextmanager
+def steer_rows(model: Any, rows: RowSteering) -> Iterator[RowSteering]:
+    """Per-row steering through bridge hooks inside the block (batch row ``i`` gets ``rows.specs[i]``)."""
+    info = getattr(model, "workbench", None)
+
+    def hook_fn(hook: str, layer: int):
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            state = getattr(info, "generation_state", None) if info is not None else None
+            in_prompt = None if state is None else state.prompt_mask(x.shape[1], x.device)
+            return rows.apply(hook, layer, x, in_prompt)
+
+        return fn
+
+    with forward_hooks(model, [(hook_name(layer, hook), hook_fn(hook, layer)) for hook, layer in rows.sites()]):
+        yield rows

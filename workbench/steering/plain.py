@@ -15,6 +15,7 @@ import torch
 from ..directions import Direction, LayerDirection
 from ..errors import SteeringError, WorkbenchError
 from ..models.plain import decoder_layers, layer_input, layer_output, with_layer_input, with_layer_output
+from .rows import RowSteering
 from .spec import GenerationState, SteeringSpec, resolve_specs
 
 def hidden_size(hf_model: Any) -> int:
@@ -101,6 +102,48 @@ def hf_steer(
             else:
                 handles.append(block.register_forward_pre_hook(pre_hook(spec), with_kwargs=True))
         yield specs
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def hf_steer_rows(hf_model: Any, rows: RowSteering, prompt_len: int | None = None) -> Iterator[RowSteering]:
+    """Per-row steering of a plain ``transformers`` model inside the block (batch row ``i`` gets ``rows.specs[i]``).
+
+    The batch must have ``len(rows)`` rows; prompt and generated positions split as in :func:`hf_steer`.
+    """
+    blocks = decoder_layers(hf_model)
+    tracker = _Positions(prompt_len)
+
+    def in_prompt(n_tokens: int, kwargs: dict, layer: int, after_update: bool, device: torch.device) -> torch.Tensor:
+        state = tracker.state(n_tokens, kwargs.get("past_key_values"), layer, after_update)
+        return state.prompt_mask(n_tokens, device)
+
+    def post_hook(layer: int):
+        def fn(module: torch.nn.Module, args: Any, kwargs: dict, output: Any) -> Any:
+            x = layer_output(output)
+            return with_layer_output(output, rows.apply("resid_post", layer, x, in_prompt(x.shape[1], kwargs, layer, True, x.device)))
+
+        return fn
+
+    def pre_hook(layer: int):
+        def fn(module: torch.nn.Module, args: tuple, kwargs: dict) -> Any:
+            x = layer_input(args, kwargs)
+            return with_layer_input(args, kwargs, rows.apply("resid_pre", layer, x, in_prompt(x.shape[1], kwargs, layer, False, x.device)))
+
+        return fn
+
+    handles = []
+    try:
+        for hook, layer in rows.sites():
+            if hook not in ("resid_post", "resid_pre"):
+                raise SteeringError(f"per-row steering supports hook resid_post or resid_pre, not {hook!r}")
+            if hook == "resid_post":
+                handles.append(blocks[layer].register_forward_hook(post_hook(layer), with_kwargs=True))
+            else:
+                handles.append(blocks[layer].register_forward_pre_hook(pre_hook(layer), with_kwargs=True))
+        yield rows
     finally:
         for handle in handles:
             handle.remove()

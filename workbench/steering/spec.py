@@ -89,21 +89,44 @@ class SteeringSpec:
                 f"{self.name}: direction has d_model={self.unit.shape[0]}, residual stream has {x.shape[-1]}"
             )
         u = self.unit.to(device=x.device, dtype=x.dtype)
-        if self.mode == "add":
-            delta = (self.coeff * u).expand_as(x)
-        else:
-            proj = x @ u
-            goal = torch.zeros_like(proj) if self.mode == "ablate" else torch.full_like(proj, self.target)
-            delta = (goal - proj)[..., None] * u
+        a, g, t = self.coefficients()
+        keep = None
         if self.positions != "all":
             in_prompt = (
                 state.prompt_mask(x.shape[1], x.device)
                 if state is not None
                 else torch.ones(x.shape[1], dtype=torch.bool, device=x.device)
             )
-            keep = in_prompt if self.positions == "prompt" else ~in_prompt
-            delta = delta * keep[None, :, None].to(x.dtype)
-        return x + delta
+            keep = (in_prompt if self.positions == "prompt" else ~in_prompt).to(x.dtype)
+        return shift(x, a * u, u, g, t, keep)
+
+    def coefficients(self) -> tuple[float, float, float]:
+        """``(a, g, t)`` of :func:`shift` for this spec: the added multiple of ``u``, the projection gain and target."""
+        if self.mode == "add":
+            return self.coeff, 0.0, 0.0
+        return 0.0, 1.0, 0.0 if self.mode == "ablate" else float(self.target)
+
+
+def shift(
+    x: Float[torch.Tensor, "batch pos d_model"],
+    a: torch.Tensor,
+    u: torch.Tensor,
+    g: torch.Tensor | float,
+    t: torch.Tensor | float,
+    keep: torch.Tensor | None = None,
+) -> Float[torch.Tensor, "batch pos d_model"]:
+    """``x + keep * (a + g * (t - <x, u>) * u)``: the one formula of every mode and execution path.
+
+    add: ``a = coeff * u, g = 0``; project: ``a = 0, g = 1, t = target``; ablate: ``a = 0, g = 1, t = 0``.
+    ``a``, ``u`` broadcast against ``x`` (``[d_model]``, or ``[batch, 1, d_model]`` for per-row steering), ``g``,
+    ``t`` against ``x``'s ``[batch, pos]`` and ``keep`` (1: steer this position) too. The projection is an
+    elementwise product summed over ``d_model``, so a row gets the same bits whatever batch it sits in.
+    """
+    proj = (x * u).sum(-1)
+    delta = a + (g * (t - proj))[..., None] * u
+    if keep is not None:
+        delta = delta * keep[..., None]
+    return x + delta
 
 
 def make_spec(
