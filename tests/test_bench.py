@@ -20,7 +20,9 @@ def test_bench_report(tmp_path, tiny):
     assert any(v[0].startswith("reference") for v in variants)
     assert len([r for r in report["rows"] if r["task"] == "extract"]) == 3
     assert all(r["throughput"] > 0 and r["seconds"] > 0 for r in report["rows"])
-    assert len(report["ratios"]) == 7 and all(v > 0 for v in report["ratios"].values())
+    measured = [p for p, e in report["peers"].items() if e["tokens_equal_workbench"] is not None]  # peers with rows
+    assert all(report["peers"][p]["tokens_equal_workbench"] for p in measured)
+    assert len(report["ratios"]) == 7 + 3 * len(measured) and all(v > 0 for v in report["ratios"].values())
     assert "| ratio | value |" in markdown(report)
 
 

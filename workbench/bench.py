@@ -18,6 +18,7 @@ from typing import Any, Callable
 import torch
 
 from .activations import collect_activations
+from .bench_peers import PEERS, peer_notes, peer_variants
 from .data import load_pairs
 from .directions import compute_direction
 from .generation import generate
@@ -115,8 +116,13 @@ def run_bench(
     repeats: int = 3,
     out: Path | None = Path("docs/bench.json"),
     say: Callable[[str], None] = print,
+    peers: bool = True,
 ) -> dict[str, Any]:
-    """Measure every row of the benchmark table and return it with the machine's figures."""
+    """Measure every row of the benchmark table and return it with the machine's figures.
+
+    ``peers``: also steer with ``steering-vectors`` and ``repeng`` (:mod:`workbench.bench_peers`) where they
+    import; an absent or broken peer gets a note instead of a row.
+    """
     torch.manual_seed(0)
     model = load_model(model_name, device=device)
     device = str(model.cfg.device)
@@ -158,9 +164,16 @@ def run_bench(
                          batch_size=len(batch_prompts), use_cache=use_cache, backend=backend)
         return run
 
+    peer_rows: dict[str, Callable[[list[str], int], Any]] = {}
+    peer_report: dict[str, dict[str, Any]] = {}
+    if peers:
+        peer_rows, peer_report = peer_variants(model, hf, one[0], prompts[:PEER_CHECK[0]], PEER_CHECK[1])
+        for line in peer_notes(peer_report, *PEER_CHECK):
+            say("  " + line)
     variants = {
         "transformers generate, unsteered (ceiling)": plain_hf,
         "workbench, steered (add, 1 layer)": workbench(one),
+        **peer_rows,  # next to the workbench's steered row: the same spec, so a burst of load hits them alike
         "workbench, 3 directions at 3 layers": workbench(three),
         COMPILED: workbench(one, backend="compiled"),
     }
@@ -215,6 +228,7 @@ def run_bench(
         "threads": torch.get_num_threads(), "weight_bytes": wbytes, "bandwidth_gbs": bandwidth,
         "batch1_ceiling_tokens_per_s": floor_tps, "rows": [asdict(r) for r in rows], "ratios": ratios(rows),
         "compiled_first_call_seconds": compile_seconds,
+        "peers": peer_report if peers else None, "peer_check": {"prompts": PEER_CHECK[0], "tokens": PEER_CHECK[1]},
     }
     say("\n" + markdown(report))
     if out is not None:
@@ -235,6 +249,7 @@ def _fmt(r: Row) -> str:
 
 
 COMPILED = "workbench compiled step, steered (add, 1 layer)"
+PEER_CHECK = (2, 8)  # prompts x tokens on which each peer's steered tokens are compared with the workbench's
 BATCHED = "workbench batched last-token cache, plain layers + shared prefix"
 BRIDGE_BATCHED = "workbench batched, bridge hooks, no shared prefix"
 ONE_AT_A_TIME = "one prompt at a time, run_with_cache (all hooks)"
@@ -258,6 +273,15 @@ def ratios(rows: list[Row]) -> dict[str, float]:
         out[f"steered b1 / reference b1, {length} tokens (target >= 8 at 256)"] = _get(rows, steered, 1, length) / _get(rows, ref, 1, length)
         out[f"compiled steered b1 / reference b1, {length} tokens (target >= 8 at 256)"] = _get(rows, COMPILED, 1, length) / _get(rows, ref, 1, length)
         out[f"compiled steered b1 / transformers b1, {length} tokens"] = _get(rows, COMPILED, 1, length) / _get(rows, plain, 1, length)
+    batches = sorted({r.batch for r in rows if r.task == "generate" and r.variant.startswith(steered)})
+    for peer in PEERS:
+        if not any(r.variant.startswith(peer + ",") for r in rows):
+            continue
+        for length in sorted({r.new_tokens for r in rows if r.new_tokens}):
+            for b in batches:
+                target = " (target > 1)" if b == big else ""
+                out[f"steered b{b} / {peer} b{b}, {length} tokens{target}"] = _get(rows, steered, b, length) / _get(rows, peer + ",", b, length)
+            out[f"compiled steered b{big} / {peer} b{big}, {length} tokens"] = _get(rows, COMPILED, big, length) / _get(rows, peer + ",", big, length)
     one = _get(rows, ONE_AT_A_TIME, 1, 0)
     out["batched extraction / one at a time (target >= 5)"] = _get(rows, BATCHED, 32, 0) / one
     out["batched through the bridge / one at a time (no target)"] = _get(rows, BRIDGE_BATCHED, 32, 0) / one
@@ -285,6 +309,11 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("compiled_first_call_seconds"):
         firsts = ", ".join(f"{k}: {v:.0f} s" for k, v in report["compiled_first_call_seconds"].items())
         lines += ["", f"First call of the compiled step (compile included, excluded from its rows): {firsts}."]
+    if "peers" in report and report["peers"] is None:
+        lines += ["", "Peers (steering-vectors, repeng) not run (--no-peers)."]
+    if report.get("peers"):
+        check = report.get("peer_check", {"prompts": PEER_CHECK[0], "tokens": PEER_CHECK[1]})
+        lines += ["", "Peers:"] + [f"- {line}" for line in peer_notes(report["peers"], check["prompts"], check["tokens"])]
     return "\n".join(lines)
 
 

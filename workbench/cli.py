@@ -191,7 +191,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
     run_bench(model_name=args.model, device=args.device, n_extract=args.n_extract, repeats=args.repeats,
-              lengths=tuple(args.lengths), out=Path(args.out) if args.out else None)
+              lengths=tuple(args.lengths), out=Path(args.out) if args.out else None, peers=not args.no_peers)
     return 0
 
 
@@ -263,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n-extract", type=int, default=200, help="prompts for the extraction rows")
     b.add_argument("--repeats", type=int, default=3, help="rounds of the batch-1 rows (the fastest of each is kept)")
     b.add_argument("--out", default="docs/bench.json", help="JSON report ('' for none)")
+    b.add_argument("--no-peers", action="store_true", help="skip the steering-vectors and repeng rows")
     b.set_defaults(func=cmd_bench)
 
     from .interop.cli import register as register_interop, register_top as register_interop_top
