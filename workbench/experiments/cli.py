@@ -58,6 +58,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-degeneration", type=_ratio, default=DEFAULT_MAX_DEGENERATION,
                    help=f"quality rule: also require mean degeneration (share of repeated 3-grams) <= this "
                         f"(default {DEFAULT_MAX_DEGENERATION:g}; 'none' is the paper's perplexity-only rule; docs/reproduce.md)")
+    p.add_argument("--max-batch", type=positive_int, help="rows per packed decode batch: sweep units and conditions "
+                   "share batches, each row steered on its own (default: chosen from the device, 80 on a CPU)")
+    p.add_argument("--no-pack", action="store_true", help="decode sweep units and conditions one at a time (the pre-packing path)")
+    p.add_argument("--search", choices=("full", "fast"), default="full",
+                   help="full: decode every layer x strength of the grid (the paper's); fast: score every cell with one "
+                        "forward pass per validation prompt, then decode only the best --search-keep layers")
+    p.add_argument("--search-keep", type=positive_int, default=3, help="--search fast: layers decoded per target (default 3)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default on CPU: 1, for the same numbers on any machine and no oversubscription)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
@@ -97,6 +104,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         reference_model=args.reference_model,
         source_model=args.source_model, threads=args.threads, publish=args.publish,
         executor=args.executor, address=args.address, workers=args.workers, fields=args.fields, convention=args.convention,
+        max_batch=args.max_batch, pack=not args.no_pack, search=args.search, search_keep=args.search_keep,
     )
     if args.fields and not args.eval_data:
         raise WorkbenchError("--fields maps the fields of an --eval-data file; pass --eval-data too")
@@ -159,6 +167,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         layers=int_list(args.layers) or default_layers(n, args.layer_stride), strengths=float_list(args.strengths) or [1.0],
         max_new_tokens=args.max_new_tokens or 48, batch_size=args.batch_size or 20, unit_size=args.batch_size or 20,
         max_ppl_ratio=args.max_ppl_ratio, max_degeneration=args.max_degeneration, seed=args.seed,
+        max_batch=args.max_batch, pack=not args.no_pack, search=args.search, search_keep=args.search_keep,
     )
     out = Path(args.out)
     start = time.time()
@@ -168,6 +177,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     replace(direction, extra={**direction.extra, "selection": sel}).save(out / "direction.safetensors")
     write_json_atomic(out / "selection.json", result.selection)
     write_json_atomic(out / "heatmap.json", heatmap_records(result))
+    if result.search:
+        write_json_atomic(out / "search.json", result.search)
     write_table(out / "sweep", [*result.baselines.values(), *result.records], SWEEP_COLUMNS, f"sweep {args.instruction}")
     print((out / "sweep.md").read_text(encoding="utf-8"))
     print(f"selected: {sel if sel else 'none (no layer passed the quality rule)'}; "

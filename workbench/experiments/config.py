@@ -57,6 +57,9 @@ PRESETS: dict[str, dict[bool, dict[str, Any]]] = {
 PRESETS["transfer"][False]["instructions"] = list(PRESETS["format"][False]["instructions"])
 
 
+SEARCHES: tuple[str, ...] = ("full", "fast")
+
+
 @dataclass
 class ReproduceConfig:
     """Everything that defines a run; ``None`` fields take the experiment's (quick) preset."""
@@ -91,12 +94,18 @@ class ReproduceConfig:
     executor: str = "local"  # where sweep units run: local (this process) or ray
     address: str | None = None  # ray: join this cluster (default: start a local one)
     workers: int | None = None  # ray: actors (default: as many as the cluster's CPUs or GPUs fit)
+    max_batch: int | None = None  # rows per packed decode batch (default: chosen from the device)
+    pack: bool = True  # False: sweep units and conditions one at a time, each in its own batches
+    search: str = "full"  # full: decode every grid cell (the paper); fast: score cells by forward passes, decode the best layers
+    search_keep: int = 3  # --search fast: layers decoded per target
 
     def resolved(self, n_layers: int) -> "ReproduceConfig":
         """A copy with every preset field filled in for a model with ``n_layers`` layers."""
         if self.experiment not in EXPERIMENTS:
             raise WorkbenchError(f"unknown experiment {self.experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
-        for name in ("n_train", "n_val", "n_eval", "max_new_tokens", "batch_size", "threads", "workers"):
+        if self.search not in SEARCHES:
+            raise WorkbenchError(f"unknown search {self.search!r}; choose one of {', '.join(SEARCHES)}")
+        for name in ("n_train", "n_val", "n_eval", "max_new_tokens", "batch_size", "threads", "workers", "max_batch", "search_keep"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise WorkbenchError(f"{name} must be a positive integer (or None for the preset), got {value!r}")

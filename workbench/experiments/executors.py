@@ -13,7 +13,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import WorkbenchError
 from .conditions import GenerationMemo
-from .units import Unit, compute_unit
+from .units import Unit, compute_pack, compute_unit, pack_units
 
 EXECUTORS: tuple[str, ...] = ("local", "ray")
 
@@ -31,12 +31,22 @@ class SweepJob:
     max_new_tokens: int
     seed: int
     memo: GenerationMemo
+    max_batch: int | None = None  # rows per packed decode batch; None: one unit at a time
     total: int = 0  # all units of the sweep, resumed ones included
     done: int = 0  # units recorded so far, resumed ones included
     stats: dict[str, Any] = field(default_factory=dict)
 
     def compute(self, unit: Unit) -> dict[str, Any]:
         return compute_unit(self.reference, unit, self.batch_size, self.max_new_tokens, self.memo)
+
+    def packs(self, units: Sequence[Unit]) -> list[list[Unit]]:
+        """The units in the packs they decode in (one unit a pack when packing is off)."""
+        return [[u] for u in units] if self.max_batch is None else pack_units(units, self.max_batch)
+
+    def compute_pack(self, pack: Sequence[Unit]) -> list[dict[str, Any]]:
+        if self.max_batch is None:
+            return [self.compute(u) for u in pack]
+        return compute_pack(self.reference, pack, self.batch_size, self.max_new_tokens, self.memo)
 
 
 class Executor:
@@ -52,22 +62,26 @@ class Executor:
 
 
 class LocalExecutor(Executor):
-    """Today's path: units one after the other in this process, on the already loaded model."""
+    """Units in this process, on the already loaded model: packed into shared decode batches (``job.max_batch``
+    rows), or one after the other; each pack's units are recorded as soon as the pack is done."""
 
     name = "local"
 
     def run(self, job: SweepJob, units: Sequence[Unit], deliver: Deliver, say: Callable[[str], None]) -> None:
         unit_s: list[float] = []
         driver_s: list[float] = []
-        for unit in units:
-            say(f"  sweep [{job.done + 1}/{job.total}] {unit.describe()}")
+        for pack in job.packs(units):
+            first = pack[0].describe() if len(pack) == 1 else f"{len(pack)} units, from {pack[0].describe()}"
+            say(f"  sweep [{job.done + 1}/{job.total}] {first}")
             t0 = time.perf_counter()
-            result = job.compute(unit)
+            results = job.compute_pack(pack)
             t1 = time.perf_counter()
-            deliver(unit, result)
-            unit_s.append(t1 - t0)
-            driver_s.append(time.perf_counter() - t1)
-        job.stats.update({"executor": "local", "workers": 1, "unit_s": unit_s, "driver_s": driver_s})
+            for unit, result in zip(pack, results):
+                deliver(unit, result)
+            unit_s.extend([(t1 - t0) / len(pack)] * len(pack))
+            driver_s.extend([(time.perf_counter() - t1) / len(pack)] * len(pack))
+        job.stats.update({"executor": "local", "workers": 1, "unit_s": unit_s, "driver_s": driver_s,
+                          "max_batch": job.max_batch})
 
 
 def make_executor(name: str | Executor | None = "local", address: str | None = None, workers: int | None = None,

@@ -442,7 +442,7 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None,
     out_dir.mkdir(parents=True, exist_ok=True)
     from .lock import hold_run_folder
     _lock = hold_run_folder(out_dir)  # noqa: F841  one writer per run folder (a second process fails here); freed on return
-    memo = GenerationMemo(model, cfg.max_new_tokens or 48, cfg.batch_size, cfg.seed)
+    memo = GenerationMemo(model, cfg.max_new_tokens or 48, cfg.batch_size, cfg.seed, max_batch=cfg.max_batch)
     run = Run(config=cfg, model=model, reference=reference, out_dir=out_dir, memo=memo, say=say)
     if eval_file is not None:
         run.use_eval_data(*eval_file)
@@ -460,6 +460,8 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None,
     files["sweep"] = [str(p) for p in write_table(out_dir / "sweep", sweep_rows, SWEEP_COLUMNS, f"validation sweep ({cfg.experiment})",
                                                   "Rows with an empty layer are the unsteered baseline. Strength: see docs/reproduce.md.")]
     write_json_atomic(out_dir / "heatmap.json", heatmap_records(sweep))
+    if sweep.search:
+        write_json_atomic(out_dir / "search.json", sweep.search)  # --search fast: every cell's score, decoded or not
     if _checks_several(result["table"]):
         result.setdefault("extra_tables", {})["per_instruction"] = (run.per_instruction, _per_instruction_columns(run.per_instruction))
     for name, (rows, columns) in result.get("extra_tables", {}).items():

@@ -150,7 +150,8 @@ class Run:
         settings = SweepSettings(
             layers=cfg.layers or [], strengths=cfg.strengths or [1.0], max_new_tokens=cfg.max_new_tokens or 48,
             batch_size=cfg.batch_size, unit_size=cfg.batch_size, max_ppl_ratio=cfg.max_ppl_ratio,
-            max_degeneration=cfg.max_degeneration, seed=cfg.seed,
+            max_degeneration=cfg.max_degeneration, seed=cfg.seed, max_batch=cfg.max_batch, pack=cfg.pack,
+            search=cfg.search, search_keep=cfg.search_keep,
         )
         executor = make_executor(cfg.executor, address=cfg.address, workers=cfg.workers, model=cfg.model,
                                  reference=cfg.reference_model if self.reference is not self.model else None,

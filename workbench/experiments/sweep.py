@@ -26,7 +26,7 @@ from ..evaluation.quality import mean_perplexity
 from ..evaluation.stats import rate_cell
 from ..models.loading import model_info
 from ..steering import SteeringSpec, make_spec
-from .conditions import GenerationMemo
+from .conditions import GenerationMemo, pack_size
 from .executors import Executor, SweepJob, make_executor
 from .store import UnitStore
 from .units import Unit, score_rows
@@ -93,6 +93,23 @@ class SweepSettings:
     max_perplexity: float | None = None
     max_degeneration: float | None = None
     seed: int = 0
+    max_batch: int | None = None  # rows per packed decode batch (None: chosen from the device, conditions.pack_size)
+    pack: bool = True  # False: one unit at a time, each in its own decode batches (the pre-packing path)
+    search: str = "full"  # full: decode every cell; fast: score cells by forward passes, decode the best layers
+    search_keep: int = 3  # search="fast": layers decoded per group
+
+    def __post_init__(self) -> None:
+        if self.search not in ("full", "fast"):
+            raise WorkbenchError(f"unknown search {self.search!r}; choose full or fast")
+        if isinstance(self.search_keep, bool) or not isinstance(self.search_keep, int) or self.search_keep < 1:
+            raise WorkbenchError(f"search_keep must be a positive integer, got {self.search_keep!r}")
+        if not list(self.layers):
+            raise WorkbenchError("the sweep grid has no layers")
+        if not list(self.strengths):
+            raise WorkbenchError("the sweep grid has no strengths")
+        if self.max_batch is not None and (isinstance(self.max_batch, bool) or not isinstance(self.max_batch, int)
+                                           or self.max_batch < 1):
+            raise WorkbenchError(f"max_batch must be a positive integer, got {self.max_batch!r}")
 
 
 @dataclass
@@ -105,6 +122,7 @@ class SweepResult:
     units_run: int = 0
     units_skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    search: list[dict[str, Any]] = field(default_factory=list)  # search="fast": every cell's score and whether it was decoded
     stats: dict[str, Any] = field(default_factory=dict)  # executor, workers, per-unit worker and driver seconds
 
 
@@ -134,8 +152,11 @@ def unit_key(fingerprint: str, target: str, layer: int | None, strength: float |
     return f"{fingerprint}/{target}/{where}/b{batch}"
 
 
-def plan_units(model: Any, targets: Sequence[SweepTarget], settings: SweepSettings, reference: Any | None = None) -> list[Unit]:
-    """Every unit of the sweep in a fixed order (per target: baseline, then layer x strength; per cell: batches)."""
+def plan_units(model: Any, targets: Sequence[SweepTarget], settings: SweepSettings, reference: Any | None = None,
+               layers_for: dict[str, Sequence[int]] | None = None) -> list[Unit]:
+    """Every unit of the sweep in a fixed order (per target: baseline, then layer x strength; per cell: batches).
+
+    ``layers_for``: per target group, the layers to decode (a fast search's shortlist; default every grid layer)."""
     reference = model if reference is None else reference
     units: list[Unit] = []
     for target in targets:
@@ -145,7 +166,8 @@ def plan_units(model: Any, targets: Sequence[SweepTarget], settings: SweepSettin
         prompts = target.prompts()
         rows = list(target.rows)
         cells: list[tuple[int | None, float | None]] = [(None, None)]
-        cells += [(layer, s) for layer in settings.layers for s in settings.strengths]
+        layers = settings.layers if layers_for is None else [x for x in settings.layers if x in layers_for[target.group_name]]
+        cells += [(layer, s) for layer in layers for s in settings.strengths]
         for layer, strength in cells:
             spec = None if layer is None else steering_spec(target.direction, layer, strength, target.mode, target.scale)
             for b, start in enumerate(range(0, len(rows), settings.unit_size)):
@@ -180,11 +202,22 @@ def run_sweep(
         memo = GenerationMemo(model, settings.max_new_tokens, settings.batch_size, settings.seed)
     store = UnitStore(path)
     done = store.load()
-    units = plan_units(model, targets, settings, reference)
+    layers_for, scores = None, []
+    if settings.search == "fast":
+        from .search import fast_scores, shortlist
+
+        plan_units(model, targets, settings, reference)  # bad targets fail before the search's forward passes
+        say(f"  search: scoring {len(settings.layers)} layers x {len(settings.strengths)} strengths by forward passes")
+        scores = fast_scores(model, targets, settings.layers, settings.strengths, memo, batch_size=settings.batch_size)
+        layers_for = shortlist(scores, settings.search_keep)
+        scores = [{**r, "decoded": r["layer"] in layers_for[r["instruction_id"]]} for r in scores]
+        say("  search: decoding " + "; ".join(f"{g}: layers {', '.join(map(str, ls))}" for g, ls in sorted(layers_for.items())))
+    units = plan_units(model, targets, settings, reference, layers_for)
     n_keys = len({u.key for u in units})
     pending = list({u.key: u for u in units if u.key not in done}.values())  # each key once, in plan order
+    max_batch = (settings.max_batch or pack_size(model)) if settings.pack else None
     job = SweepJob(model=model, reference=reference, batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens,
-                   seed=settings.seed, memo=memo, total=n_keys, done=n_keys - len(pending))
+                   seed=settings.seed, memo=memo, max_batch=max_batch, total=n_keys, done=n_keys - len(pending))
     run = 0
 
     def deliver(unit: Unit, result: dict[str, Any]) -> bool:
@@ -208,6 +241,7 @@ def run_sweep(
         raise WorkbenchError(f"sweep ended with {len(missing)} unit(s) not recorded, e.g. {missing[0]}")
     result = summarize([store.get(u.key) for u in units], settings)
     result.units_run, result.units_skipped = run, n_keys - len(pending)
+    result.search = scores
     result.stats = {**job.stats, "units": run, "elapsed_s": elapsed}
     return result
 

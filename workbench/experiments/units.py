@@ -60,8 +60,37 @@ def score_rows(rows: Sequence[PairRow], responses: Sequence[str]) -> tuple[list[
 
 def compute_unit(reference: Any, unit: Unit, batch_size: int, max_new_tokens: int, memo: GenerationMemo) -> dict[str, Any]:
     """Generate (steered or not), check and score one unit's prompts."""
+    responses = memo.generate(list(unit.prompts), [] if unit.spec is None else [unit.spec], max_new_tokens)
+    return score_unit(reference, unit, responses, batch_size)
+
+
+def compute_pack(reference: Any, pack: Sequence[Unit], batch_size: int, max_new_tokens: int,
+                 memo: GenerationMemo) -> list[dict[str, Any]]:
+    """The results of several units whose prompts decode together in packed batches (one result per unit)."""
+    texts = memo.generate_many([(u.prompts, [] if u.spec is None else [u.spec]) for u in pack], max_new_tokens)
+    return [score_unit(reference, u, responses, batch_size) for u, responses in zip(pack, texts)]
+
+
+def pack_units(units: Sequence[Unit], max_rows: int) -> list[list[Unit]]:
+    """Units in packs of at most ``max_rows`` prompts (a larger unit alone), units sharing prompts side by side
+    so a pack pads like each of its units; the order of first appearance is kept."""
+    groups: dict[tuple[str, ...], list[Unit]] = {}
+    for unit in units:
+        groups.setdefault(unit.prompts, []).append(unit)
+    packs: list[list[Unit]] = []
+    rows = 0
+    for unit in (u for group in groups.values() for u in group):
+        if not packs or rows + len(unit.prompts) > max_rows:
+            packs.append([])
+            rows = 0
+        packs[-1].append(unit)
+        rows += len(unit.prompts)
+    return packs
+
+
+def score_unit(reference: Any, unit: Unit, responses: Sequence[str], batch_size: int) -> dict[str, Any]:
+    """Check and score one unit's responses (the same for one unit at a time and packed units)."""
     prompts = list(unit.prompts)
-    responses = memo.generate(prompts, [] if unit.spec is None else [unit.spec], max_new_tokens)
     strict, loose = score_rows(unit.rows, responses)
     ppl = response_perplexities(reference, prompts, responses, batch_size=batch_size)
     return {
