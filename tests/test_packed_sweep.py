@@ -97,3 +97,16 @@ def test_bad_sweep_settings_fail_before_any_work(tiny, targets, tmp_path):
     with pytest.raises((ShapeError, WorkbenchError), match="d_model"):
         run_sweep(tiny, [other], SETTINGS, tmp_path / "s.jsonl")
     assert not (tmp_path / "s.jsonl").exists() or not (tmp_path / "s.jsonl").read_text()
+
+
+def test_fast_search_decodes_only_the_shortlisted_layers(tiny, targets, tmp_path, one_thread):
+    settings = replace(SETTINGS, search="fast", search_keep=1, max_batch=16)
+    result = run_sweep(tiny, targets, settings, tmp_path / "fast.jsonl")
+    assert len(result.search) == 2 * 3 * 2  # every cell of both targets scored
+    for t in targets:
+        decoded = {r["layer"] for r in result.search if r["instruction_id"] == t.name and r["decoded"]}
+        best = max((r for r in result.search if r["instruction_id"] == t.name), key=lambda r: (r["score"], -r["layer"]))
+        assert decoded == {best["layer"]}
+        assert {r["layer"] for r in result.records if r["instruction_id"] == t.name} == decoded
+        assert result.selection[t.name] is None or result.selection[t.name]["layer"] == best["layer"]
+    assert result.units_run == 2 * (1 + 1 * 2) * 2  # baseline + one layer x two strengths, two batches each

@@ -195,6 +195,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_sweep(args: argparse.Namespace) -> int:
+    from .arguments import float_list, int_list
+    from .experiments.bench_sweep import run_sweep_bench
+
+    run_sweep_bench(model_name=args.model, device=args.device, instruction=args.instruction, layers=int_list(args.layers),
+                    strengths=float_list(args.strengths), n_val=args.n_val, max_new_tokens=args.max_new_tokens,
+                    max_batch=args.max_batch, search_keep=args.search_keep, threads=args.threads,
+                    out=Path(args.out) if args.out else None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="workbench", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -265,6 +276,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default="docs/bench.json", help="JSON report ('' for none)")
     b.add_argument("--no-peers", action="store_true", help="skip the steering-vectors and repeng rows")
     b.set_defaults(func=cmd_bench)
+
+    bs = sub.add_parser("bench-sweep", help="benchmark the sweep: one unit at a time, packed, and the fast search")
+    bs.add_argument("--model", default="smollm2-135m-instruct")
+    bs.add_argument("--device", default=None)
+    bs.add_argument("--instruction", default="detectable_format:title")
+    bs.add_argument("--layers", help="layers of the grid, e.g. 14,18,22,26 (default: the paper's grid)")
+    bs.add_argument("--strengths", default="1.0", help="comma-separated strengths (project mode)")
+    bs.add_argument("--n-val", type=positive_int, default=40)
+    bs.add_argument("--max-new-tokens", type=positive_int, default=128)
+    bs.add_argument("--max-batch", type=positive_int, help="rows per packed decode batch (default: from the device)")
+    bs.add_argument("--search-keep", type=positive_int, default=3)
+    bs.add_argument("--threads", type=positive_int, help="torch CPU threads (default on CPU: 1, as reproduce)")
+    bs.add_argument("--out", default="docs/bench-sweep.json", help="JSON report ('' for none)")
+    bs.set_defaults(func=cmd_bench_sweep)
 
     from .interop.cli import register as register_interop, register_top as register_interop_top
 

@@ -80,14 +80,31 @@ def response_nlls(
         for j, s in enumerate(seqs):
             ids[j, : len(s)] = torch.tensor(s)
             mask[j, : len(s)] = 1
-        logits = model(ids.to(device), attention_mask=mask.to(device), return_type="logits").float().cpu()
-        logp = torch.log_softmax(logits, dim=-1)
+        first = min(len(pairs[i][0]) for i in idx) - 1  # the earliest position that predicts a response token
+        logp = _next_token_logprobs(model, ids.to(device), mask.to(device), first).cpu()  # [batch, width - 1 - first]
         for j, i in enumerate(idx):
             p_len, r_len = len(pairs[i][0]), len(pairs[i][1])
-            targets = ids[j, p_len : p_len + r_len]
-            scores = logp[j, p_len - 1 : p_len + r_len - 1].gather(-1, targets[:, None])[:, 0]
-            nlls[i] = (-scores).tolist()
+            nlls[i] = (-logp[j, p_len - 1 - first : p_len + r_len - 1 - first]).tolist()
     return nlls
+
+
+def _next_token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, first: int) -> torch.Tensor:
+    """``log p(ids[:, t + 1] | ids[:, :t + 1])`` for positions ``t >= first``, full-vocabulary logits only there.
+
+    Runs on the plain ``transformers`` model that shares the bridge's weights (no hooks can be active here: the
+    caller refused them), which is several times faster than the bridge; the bridge scores when there is none.
+    """
+    from ..models.plain import plain_model_for
+
+    plain = plain_model_for(model)
+    keep = torch.arange(first, ids.shape[1] - 1, device=ids.device)
+    if plain is not None:
+        logits = plain(input_ids=ids, attention_mask=mask, logits_to_keep=keep, use_cache=False).logits
+    else:
+        logits = model(ids, attention_mask=mask, return_type="logits")[:, first:-1]
+    logits = logits.float()
+    targets = ids[:, first + 1 :]
+    return logits.gather(-1, targets[..., None])[..., 0] - torch.logsumexp(logits, dim=-1)
 
 
 def response_perplexities(

@@ -51,10 +51,13 @@ class GenerationMemo:
     cache: dict[tuple[str, int, str], str] = field(default_factory=dict)
     calls: int = 0
     max_batch: int | None = None
+    pack: bool = True  # False: generate_many decodes request after request (the pre-packing path)
 
     def generate_many(self, requests: Sequence[tuple[Sequence[str], Sequence[SteeringSpec]]],
                       max_new_tokens: int | None = None) -> list[list[str]]:
         """Responses to each ``(prompts, specs)`` request; every miss of every request decodes in packed batches."""
+        if not self.pack:
+            return [self.generate(list(prompts), specs, max_new_tokens) for prompts, specs in requests]
         n_tokens = max_new_tokens or self.max_new_tokens
         keys = [specs_key(specs) for _, specs in requests]
         missing: dict[tuple[str, int, str], tuple[str, list[SteeringSpec]]] = {}
@@ -122,20 +125,41 @@ def run_conditions(
     ``no_instruction_rows``: the rows the no-instruction conditions use (default ``rows``), e.g. only
     those with an instruction-free twin.
     """
+    prompts = _condition_prompts(rows, specs, conditions, no_instruction_rows)
+    groups = _groups(prompts, specs)
+    texts = memo.generate_many([(flat, use) for _, flat, use in groups], max_new_tokens)  # one packed decode
+    out: dict[str, list[str]] = {}
+    for (group, _, _), group_texts in zip(groups, texts):
+        pos = 0
+        for c in group:
+            out[c] = group_texts[pos : pos + len(prompts[c])]
+            pos += len(prompts[c])
+    return {c: out[c] for c in conditions if c in out}
+
+
+def condition_requests(
+    rows: Sequence[PairRow],
+    specs: Sequence[SteeringSpec] | None,
+    conditions: Sequence[str] = CONDITIONS,
+    no_instruction_rows: Sequence[PairRow] | None = None,
+) -> list[tuple[list[str], list[SteeringSpec]]]:
+    """The ``(prompts, specs)`` generation requests of :func:`run_conditions`, e.g. to decode several instructions'
+    conditions in one packed call first (``memo.generate_many``); the conditions then read the memo."""
+    return [(flat, use) for _, flat, use in _groups(_condition_prompts(rows, specs, conditions, no_instruction_rows), specs)]
+
+
+def _condition_prompts(rows, specs, conditions, no_instruction_rows) -> dict[str, list[str]]:
     wanted = [c for c in conditions if specs is not None or not c.endswith("_steered")]
     twin_rows = rows if no_instruction_rows is None else no_instruction_rows
     prompts = {c: condition_prompts(twin_rows if c.startswith("no_instruction") else rows, c) for c in wanted}
-    prompts = {c: p for c, p in prompts.items() if p is not None}
-    out: dict[str, list[str]] = {}
+    return {c: p for c, p in prompts.items() if p is not None}
+
+
+def _groups(prompts: dict[str, list[str]], specs) -> list[tuple[list[str], list[str], list[SteeringSpec]]]:
+    """(conditions, their prompts one after the other, steering) for the unsteered and the steered conditions."""
+    out = []
     for steered in (False, True):
         group = [c for c in prompts if c.endswith("_steered") == steered]
-        if not group:
-            continue
-        use = list(specs or ()) if steered else []
-        flat = [p for c in group for p in prompts[c]]
-        texts = memo.generate(flat, use, max_new_tokens)  # one batched call for both prompt kinds
-        pos = 0
-        for c in group:
-            out[c] = texts[pos : pos + len(prompts[c])]
-            pos += len(prompts[c])
-    return {c: out[c] for c in conditions if c in out}
+        if group:
+            out.append((group, [p for c in group for p in prompts[c]], list(specs or ()) if steered else []))
+    return out

@@ -117,6 +117,7 @@ def exp_format(run: Run) -> dict[str, Any]:
     targets = _format_targets(run, cfg.instructions or [])
     evals = {t.name: run.eval_rows("format", iid, kwargs, name=t.name) for t, iid, kwargs in targets}  # bad data fails here
     sweep = run.sweep([t for t, _, _ in targets])
+    run.prefetch_conditions([(evals[t.name], _specs_for(run, t.direction, sweep.selection.get(t.name), t.mode)) for t, _, _ in targets])
     table: list[dict[str, Any]] = []
     for t, iid, kwargs in targets:
         sel = sweep.selection.get(t.name)
@@ -442,7 +443,7 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None,
     out_dir.mkdir(parents=True, exist_ok=True)
     from .lock import hold_run_folder
     _lock = hold_run_folder(out_dir)  # noqa: F841  one writer per run folder (a second process fails here); freed on return
-    memo = GenerationMemo(model, cfg.max_new_tokens or 48, cfg.batch_size, cfg.seed, max_batch=cfg.max_batch)
+    memo = GenerationMemo(model, cfg.max_new_tokens or 48, cfg.batch_size, cfg.seed, max_batch=cfg.max_batch, pack=cfg.pack)
     run = Run(config=cfg, model=model, reference=reference, out_dir=out_dir, memo=memo, say=say)
     if eval_file is not None:
         run.use_eval_data(*eval_file)

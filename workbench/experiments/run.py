@@ -16,7 +16,7 @@ from ..evaluation.quality import degeneration, mean_perplexity, response_perplex
 from ..evaluation.stats import mcnemar_exact, rate_cell
 from ..errors import DatasetError
 from ..models import model_info
-from .conditions import CONDITIONS, GenerationMemo, run_conditions
+from .conditions import CONDITIONS, GenerationMemo, condition_requests, run_conditions
 from .config import ReproduceConfig
 from .hygiene import check_split_hygiene
 from .executors import make_executor, sweep_stats
@@ -193,6 +193,12 @@ class Run:
         return {**meta, **rate_columns(strict, loose, [c.strict for c in flat], [c.loose for c in flat]),
                 "perplexity": mean_perplexity(ppl), "degeneration": sum(deg) / len(deg), "_ppl": list(ppl), "_deg": deg,
                 "_keys": [r.base_id for r in rows], "_checks": checks}
+
+    def prefetch_conditions(self, items: Sequence[tuple[PairDataset, list | None]], conditions: Sequence[str] = CONDITIONS) -> None:
+        """Decode the conditions of several ``(rows, specs)`` at once, in packed batches; the tables then read the memo."""
+        requests = [r for rows, specs in items
+                    for r in condition_requests(rows, specs, conditions, no_instruction_rows=rows.with_twin())]
+        self.memo.generate_many(requests, self.config.max_new_tokens)
 
     def conditions_table(self, rows: PairDataset, specs: list | None, meta: dict[str, Any],
                          conditions: Sequence[str] = CONDITIONS) -> list[dict[str, Any]]:

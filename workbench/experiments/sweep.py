@@ -199,7 +199,8 @@ def run_sweep(
     """
     reference = model if reference is None else reference
     if memo is None:
-        memo = GenerationMemo(model, settings.max_new_tokens, settings.batch_size, settings.seed)
+        memo = GenerationMemo(model, settings.max_new_tokens, settings.batch_size, settings.seed, max_batch=settings.max_batch,
+                              pack=settings.pack)
     store = UnitStore(path)
     done = store.load()
     layers_for, scores = None, []

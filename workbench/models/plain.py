@@ -136,5 +136,10 @@ def plain_model_for(model: Any) -> torch.nn.Module | None:
     if bridge_hook_count(model) != info.baseline_hooks + len(specs):
         return None  # hooks we did not add: only the bridge path runs them
     if info.plain is None:
-        info.plain = build_plain_model(model)
+        plain = build_plain_model(model)
+        if next(plain.parameters()).device.type == "cpu":  # grouped KV heads unrepeated (models/attention.py), CPU-measured
+            from .attention import use_sdpa_gqa
+
+            use_sdpa_gqa(plain)
+        info.plain = plain
     return info.plain
