@@ -209,7 +209,9 @@ def run_sweep(
 
         plan_units(model, targets, settings, reference)  # bad targets fail before the search's forward passes
         say(f"  search: scoring {len(settings.layers)} layers x {len(settings.strengths)} strengths by forward passes")
-        scores = fast_scores(model, targets, settings.layers, settings.strengths, memo, batch_size=settings.batch_size)
+        # the first 16 tokens of each with-instruction response: greedy decoding of those 16 only (not the sweep's length)
+        scores = fast_scores(model, targets, settings.layers, settings.strengths, memo, n_tokens=16, response_tokens=16,
+                             batch_size=settings.batch_size)
         layers_for = shortlist(scores, settings.search_keep)
         scores = [{**r, "decoded": r["layer"] in layers_for[r["instruction_id"]]} for r in scores]
         say("  search: decoding " + "; ".join(f"{g}: layers {', '.join(map(str, ls))}" for g, ls in sorted(layers_for.items())))
