@@ -7,13 +7,16 @@ queries are generated once per run and shared by every instruction that uses the
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 
 from ..data import PairRow
+from ..evaluation.quality import response_perplexities
 from ..generation import generate
+from ..models.loading import model_info
 from ..steering import SteeringSpec, steer
 
 CONDITIONS: tuple[str, ...] = ("no_instruction", "no_instruction_steered", "instruction", "instruction_steered")
@@ -52,6 +55,18 @@ class GenerationMemo:
     calls: int = 0
     max_batch: int | None = None
     pack: bool = True  # False: generate_many decodes request after request (the pre-packing path)
+    scored: dict[str, list[float]] = field(default_factory=dict)
+    scorings: int = 0
+
+    def perplexities(self, reference: Any, prompts: Sequence[str], responses: Sequence[str], batch_size: int) -> list[float]:
+        """``response_perplexities`` of the whole call, computed once per run: the unsteered no-instruction responses
+        of every format instruction are the same texts, scored once. Only a whole repeated call is reused, so every
+        value is computed in the same batches as without the memo."""
+        key = hashlib.sha256(json.dumps([model_info(reference).name, batch_size, list(prompts), list(responses)]).encode()).hexdigest()
+        if key not in self.scored:
+            self.scorings += 1
+            self.scored[key] = response_perplexities(reference, prompts, responses, batch_size=batch_size)
+        return list(self.scored[key])
 
     def generate_many(self, requests: Sequence[tuple[Sequence[str], Sequence[SteeringSpec]]],
                       max_new_tokens: int | None = None) -> list[list[str]]:

@@ -24,7 +24,7 @@ from ..directions import Direction
 from ..errors import DatasetError, LayerError, ShapeError, WorkbenchError
 from ..evaluation.stats import rate_cell
 from ..evaluation.punkt import count_sentences
-from ..evaluation.quality import mean_perplexity, response_perplexities
+from ..evaluation.quality import mean_perplexity
 from ..io import write_json_atomic, write_text_atomic
 from ..models import load_model, model_info
 from ..version import __version__
@@ -211,12 +211,15 @@ def _length_distribution(run: Run, direction: Direction, sel: dict | None, ns: S
     if not rows:  # e.g. IFEval rows: no prompt without the instruction
         return []
     prompts = rows.prompts_without_instruction()
+    strengths = [0.0, *(cfg.strengths or [])]
+    specs_at = {s: [] if s == 0 else [steering_spec(direction, sel["layer"], s, "add")] for s in strengths}
+    run.memo.generate_many([(prompts, specs_at[s]) for s in strengths], cfg.max_new_tokens)  # every strength in one packed decode
     out = []
-    for s in [0.0, *(cfg.strengths or [])]:
-        specs = [] if s == 0 else [steering_spec(direction, sel["layer"], s, "add")]
+    for s in strengths:
+        specs = specs_at[s]
         texts = run.memo.generate(prompts, specs, cfg.max_new_tokens)
         counts = sorted(count_sentences(t) for t in texts)
-        ppl = response_perplexities(run.reference, prompts, texts, batch_size=cfg.batch_size)
+        ppl = run.memo.perplexities(run.reference, prompts, texts, cfg.batch_size)
         row = {"strength": s, "layer": sel["layer"], "n": len(counts), "mean_sentences": sum(counts) / len(counts),
                "median_sentences": float(counts[len(counts) // 2]), "perplexity": mean_perplexity(ppl)}
         for k in range(1, 6):
@@ -288,6 +291,7 @@ def exp_composition(run: Run) -> dict[str, Any]:
     sweep = run.sweep([*(t for t, _, _ in fmt_targets), *len_targets])
     len_sel = sweep.selection.get("length")
     table: list[dict[str, Any]] = []
+    cells = []  # (meta, rows, prompts, specs) of every cell, decoded together in packed batches below
     for t, iid, kwargs in fmt_targets:
         fsel = sweep.selection.get(t.name)
         for n in ns:
@@ -304,12 +308,14 @@ def exp_composition(run: Run) -> dict[str, Any]:
                     if not used:
                         continue
                     prompts = used.prompts() if kind == "instruction" else used.prompts_without_instruction()
-                    texts = run.memo.generate(prompts, specs, cfg.max_new_tokens)
-                    cell = run.score(used, prompts, texts, {"format": t.name, "target_n": n, "steering": steering, "prompt": kind})
-                    fmt_pass, len_pass = _format_and_length_passes(cell["_checks"])
-                    cell.update({**rate_cell(fmt_pass, "format_acc"), **rate_cell(len_pass, "length_acc"),
-                                 "both_acc": cell["accuracy"], "both_acc_lo": cell["accuracy_lo"], "both_acc_hi": cell["accuracy_hi"]})
-                    table.append(cell)
+                    cells.append(({"format": t.name, "target_n": n, "steering": steering, "prompt": kind}, used, prompts, specs))
+    run.memo.generate_many([(prompts, specs) for _, _, prompts, specs in cells], cfg.max_new_tokens)
+    for meta, used, prompts, specs in cells:
+        cell = run.score(used, prompts, run.memo.generate(prompts, specs, cfg.max_new_tokens), meta)
+        fmt_pass, len_pass = _format_and_length_passes(cell["_checks"])
+        cell.update({**rate_cell(fmt_pass, "format_acc"), **rate_cell(len_pass, "length_acc"),
+                     "both_acc": cell["accuracy"], "both_acc_lo": cell["accuracy_lo"], "both_acc_hi": cell["accuracy_hi"]})
+        table.append(cell)
     attach_p_values(table, ["format", "target_n", "prompt"], key="steering",
                     twins={"format": "none", "length": "none", "both": "none"}, column="both_acc_p")
     for r in table:

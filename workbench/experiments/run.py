@@ -12,7 +12,7 @@ from ..activations import collect_activations
 from ..data import PairDataset, PairRow, load_pairs, read_pairs_file
 from ..data.files import LoadReport
 from ..directions import Direction, direction_from_activations
-from ..evaluation.quality import degeneration, mean_perplexity, response_perplexities
+from ..evaluation.quality import degeneration, mean_perplexity
 from ..evaluation.stats import mcnemar_exact, rate_cell
 from ..errors import DatasetError
 from ..models import model_info
@@ -174,7 +174,7 @@ class Run:
         """
         checks = check_rows(rows, responses)
         strict, loose = prompt_passes(checks)
-        ppl = response_perplexities(self.reference, prompts, responses, batch_size=self.config.batch_size)
+        ppl = self.memo.perplexities(self.reference, prompts, responses, self.config.batch_size)
         deg = [degeneration(t) for t in responses]
         for row, prompt, text, s, lo, p, d in zip(rows, prompts, responses, strict, loose, ppl, deg):
             self.generations.append({**meta, "base_id": row.base_id, "split": row.split, "prompt": prompt, "response": text,

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 from ..data import PairRow
 from ..evaluation.checkers import CheckResult, check_response
-from ..evaluation.quality import degeneration, response_perplexities
+from ..evaluation.quality import degeneration
 from ..steering import SteeringSpec
 from .conditions import GenerationMemo
 
@@ -61,14 +61,14 @@ def score_rows(rows: Sequence[PairRow], responses: Sequence[str]) -> tuple[list[
 def compute_unit(reference: Any, unit: Unit, batch_size: int, max_new_tokens: int, memo: GenerationMemo) -> dict[str, Any]:
     """Generate (steered or not), check and score one unit's prompts."""
     responses = memo.generate(list(unit.prompts), [] if unit.spec is None else [unit.spec], max_new_tokens)
-    return score_unit(reference, unit, responses, batch_size)
+    return score_unit(reference, unit, responses, batch_size, memo)
 
 
 def compute_pack(reference: Any, pack: Sequence[Unit], batch_size: int, max_new_tokens: int,
                  memo: GenerationMemo) -> list[dict[str, Any]]:
     """The results of several units whose prompts decode together in packed batches (one result per unit)."""
     texts = memo.generate_many([(u.prompts, [] if u.spec is None else [u.spec]) for u in pack], max_new_tokens)
-    return [score_unit(reference, u, responses, batch_size) for u, responses in zip(pack, texts)]
+    return [score_unit(reference, u, responses, batch_size, memo) for u, responses in zip(pack, texts)]
 
 
 def pack_units(units: Sequence[Unit], max_rows: int) -> list[list[Unit]]:
@@ -88,11 +88,11 @@ def pack_units(units: Sequence[Unit], max_rows: int) -> list[list[Unit]]:
     return packs
 
 
-def score_unit(reference: Any, unit: Unit, responses: Sequence[str], batch_size: int) -> dict[str, Any]:
+def score_unit(reference: Any, unit: Unit, responses: Sequence[str], batch_size: int, memo: GenerationMemo) -> dict[str, Any]:
     """Check and score one unit's responses (the same for one unit at a time and packed units)."""
     prompts = list(unit.prompts)
     strict, loose = score_rows(unit.rows, responses)
-    ppl = response_perplexities(reference, prompts, responses, batch_size=batch_size)
+    ppl = memo.perplexities(reference, prompts, responses, batch_size)
     return {
         "base_ids": [r.base_id for r in unit.rows],
         "responses": list(responses),
