@@ -113,5 +113,5 @@ def test_steering_and_hand_added_hooks_use_the_bridge(tiny):
     with tiny.hooks(fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: calls.append(1))]):
         wb.collect_activations(tiny, PROMPTS, layers=[1], progress=False)
     assert calls  # a hook the user added still runs: auto took the bridge
-    with pytest.raises(wb.WorkbenchError, match="backend must be"):
+    with pytest.raises(wb.WorkbenchError, match="unknown backend"):
         wb.collect_activations(tiny, PROMPTS, backend="fast", progress=False)

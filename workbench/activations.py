@@ -14,11 +14,12 @@ from tqdm.auto import tqdm
 from .errors import DatasetError, ShapeError, WorkbenchError
 from .hooks import RESID_HOOKS, check_layers, forward_hooks, hook_name
 from .io import load_tensors, save_tensors
+from .models.backends import EXTRACTION_BACKENDS, check_backend
 from .models.loading import model_info
 from .models.plain import decoder_layers, layer_input, layer_output, plain_model_for
 
 
-BACKENDS = ("auto", "plain", "bridge")
+BACKENDS = EXTRACTION_BACKENDS  # kept importable from here
 MIN_SHARED_PREFIX = 8  # tokens; below this a shared prefix is not worth its cache copies
 
 
@@ -54,8 +55,7 @@ class _Grabber:
 
 def _extraction_model(model: Any, hook: str, backend: str) -> torch.nn.Module | None:
     """The plain weight-sharing model when it computes exactly what the bridge would, else None."""
-    if backend not in BACKENDS:
-        raise WorkbenchError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_backend(backend, EXTRACTION_BACKENDS)
     plain = None
     if backend != "bridge" and hook in ("resid_post", "resid_pre") and not model_info(model).active_specs:
         plain = plain_model_for(model)

@@ -11,6 +11,7 @@ from typing import Sequence
 
 from .arguments import int_list
 from .errors import WorkbenchError
+from .models.backends import GENERATION_BACKENDS
 
 
 def positive_int(text: str) -> int:
@@ -252,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--parse-special-tokens", action="store_true",
                    help="parse control tokens such as <|im_start|> written in --prompt (default: they are plain text)")
     g.add_argument("--no-cache", action="store_true", help="reference loop: re-run the full sequence per token")
-    g.add_argument("--backend", default="auto", choices=("auto", "plain", "compiled", "bridge"),
+    g.add_argument("--backend", default="auto", choices=GENERATION_BACKENDS,
                    help="KV-cached decoding path; 'compiled' compiles the decoding step once (faster long batch-1 runs)")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     g.add_argument("--temperature", type=float, default=1.0)

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from .errors import WorkbenchError
 from .hooks import forward_hooks
+from .models.backends import GENERATION_BACKENDS, check_backend
 from .models.loading import model_info
 from .models.prompts import ContextLengthError
 from .models.plain import plain_model_for
@@ -79,7 +80,7 @@ def _reference_loop(model, ids, mask, max_new_tokens, min_new_tokens, eos, pad, 
     return ids
 
 
-BACKENDS = ("auto", "plain", "compiled", "bridge")
+BACKENDS = GENERATION_BACKENDS  # kept importable from here
 
 
 def check_count(name: str, value: Any, minimum: int = 1) -> int:
@@ -159,8 +160,7 @@ def generate(
     if do_sample and not (temperature > 0 and 0 < top_p <= 1):
         raise WorkbenchError("sampling needs temperature > 0 and 0 < top_p <= 1")
     info = model_info(model)
-    if backend not in BACKENDS:
-        raise WorkbenchError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
+    check_backend(backend, GENERATION_BACKENDS)
     rows_steering = None
     if row_steering is not None:
         if isinstance(row_steering, (str, bytes)) or len(row_steering) != len(prompts):
