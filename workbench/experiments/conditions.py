@@ -113,8 +113,9 @@ def pack_size(model: Any) -> int:
         return 80
     free, _ = torch.cuda.mem_get_info(torch.device(device))
     cfg = model.cfg
-    kv_heads = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
-    per_row = 2 * int(cfg.n_layers) * kv_heads * int(cfg.d_head) * 512 * torch.finfo(cfg.dtype).bits // 8
+    kv_heads = int(getattr(cfg, "n_key_value_heads", None) or getattr(cfg, "n_heads", 1))
+    d_head = int(getattr(cfg, "d_head", None) or int(cfg.d_model) // max(int(getattr(cfg, "n_heads", 1)), 1))
+    per_row = 2 * int(cfg.n_layers) * kv_heads * d_head * 512 * torch.finfo(getattr(cfg, "dtype", torch.float32)).bits // 8
     return max(8, min(512, int(free / 4 // max(per_row, 1))))
 
 

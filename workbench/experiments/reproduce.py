@@ -516,6 +516,8 @@ def _publish(cfg: ReproduceConfig, out_dir: Path, model_name: str, elapsed: floa
     flags = " --quick" if cfg.quick else ""
     cmd = f"workbench reproduce {cfg.experiment} --model {cfg.model}{flags}" + (f" --threads {cfg.threads}" if cfg.threads else "")
     cmd += f" --eval-data {cfg.eval_data}" if cfg.eval_data else ""
+    cmd += f" --search fast --search-keep {cfg.search_keep}" if cfg.search == "fast" else ""
+    cmd += " --no-pack" if not cfg.pack else ""
     head = (f"<!-- written by `{cmd} --publish ...`; do not edit by hand -->\n\n"
             f"Command: `{cmd}`. Wall time: {elapsed / 60:.1f} min on {torch.get_num_threads()} torch thread(s), "
             f"{os.cpu_count()} CPU cores, load average {load[0]} at the start and {load[1]} at the end "
