@@ -32,14 +32,15 @@ def title_direction(tiny):
 
 
 @torch.no_grad()
-def bridge_score(model, target: SweepTarget, spec, responses: list[str]) -> float:
-    """The cell score computed independently: each row alone through the bridge, steered with wb.steer."""
+def bridge_shifts(model, target: SweepTarget, spec, responses: list[str]) -> list[float | None]:
+    """Each row's shift computed independently: the row alone through the bridge, steered with wb.steer (None: empty)."""
     info = model_info(model)
     shifts = []
     for prompt, response in zip(target.prompts(), responses):
         p = info.formatter.token_ids(prompt, False)
         r = model.tokenizer(response, add_special_tokens=False)["input_ids"][:N_TOKENS]
         if not r:
+            shifts.append(None)
             continue
         ids = torch.tensor([p + r])
 
@@ -51,23 +52,28 @@ def bridge_score(model, target: SweepTarget, spec, responses: list[str]) -> floa
         with wb.steer(model, spec):
             steered = logp()
         shifts.append(float((steered - base).mean()))
-    return sum(shifts) / len(shifts)
+    return shifts
 
 
-@pytest.mark.parametrize("mode,strength", [("project", 1.0), ("add", 2.0)])
-def test_cell_score_equals_bridge_computation(tiny, title_direction, mode, strength):
+@pytest.mark.parametrize("mode,strength,contrast", [("project", 1.0, False), ("add", 2.0, False), ("add", 2.0, True)])
+def test_cell_score_equals_bridge_computation(tiny, title_direction, mode, strength, contrast):
     data, direction = title_direction
     target = SweepTarget("title", data, direction, mode=mode)
     memo = GenerationMemo(tiny, GEN_TOKENS)
     layers = [1, 3]
     # batch_size 3 over 4 rows of different lengths: right padding and a ragged last batch both matter
-    scores = fast_scores(tiny, [target], layers, [strength], memo, n_tokens=N_TOKENS, batch_size=3)
+    scores = fast_scores(tiny, [target], layers, [strength], memo, n_tokens=N_TOKENS, batch_size=3, contrast=contrast)
     assert [(r["layer"], r["coeff"]) for r in scores] == [(1, strength), (3, strength)]
     responses = memo.generate(data.prompts(), [], GEN_TOKENS)  # the with-instruction responses (cached)
+    plain_responses = memo.generate(data.prompts_without_instruction(), [], GEN_TOKENS)
     for rec in scores:
         spec = steering_spec(direction, rec["layer"], strength, mode)
-        expected = bridge_score(tiny, target, spec, responses)
-        assert rec["n"] == sum(bool(tiny.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses)
+        rows = [[x] for x in bridge_shifts(tiny, target, spec, responses)]
+        if contrast:  # minus the shift of the uninstructed response; rows where either response is empty drop out
+            rows = [[w, None if o is None else -o] for (w,), o in zip(rows, bridge_shifts(tiny, target, spec, plain_responses))]
+        kept = [sum(r) for r in rows if None not in r]
+        expected = sum(kept) / len(kept)
+        assert rec["n"] == len(kept) >= 3
         assert abs(rec["score"] - expected) < 1e-4, (rec, expected)
     assert any(abs(r["score"]) > 1e-3 for r in scores)  # steering moved something: the check above is not 0 == 0
 

@@ -131,6 +131,7 @@ def fast_scores(
     n_tokens: int = 16,
     batch_size: int = 20,
     response_tokens: int | None = None,
+    contrast: bool = False,
     progress: bool = False,
 ) -> list[dict[str, Any]]:
     """One record per (target group, layer, strength): ``{"instruction_id", "layer", "coeff", "score", "n"}``.
@@ -140,6 +141,8 @@ def fast_scores(
     target decodes (``target.prompts()``). The responses come from ``memo`` (greedy, unsteered) at
     ``response_tokens`` new tokens (default ``memo.max_new_tokens``, so a sweep's cached responses are reused),
     cut to ``n_tokens``. ``n``: rows scored (rows whose response is empty are left out; ``score`` NaN if none).
+    ``contrast=True`` subtracts the same shift of the unsteered *without*-instruction response (the sweep's
+    baseline responses), so steering that merely degrades every continuation does not score as "toward" it.
 
     >>> fast_scores(model, [SweepTarget("title", val, direction)], [22, 24, 26], [1.0], GenerationMemo(model))
     """
@@ -147,27 +150,33 @@ def fast_scores(
     batch_size = check_count("batch_size", batch_size)
     gen_tokens = max(n_tokens, check_count("response_tokens", memo.max_new_tokens if response_tokens is None else response_tokens))
     grid = _check_grid(model, targets, layers, strengths)
+    if contrast:
+        for target in targets:
+            target.rows.prompts_without_instruction()  # contrast needs every row's uninstructed prompt
     plain = _plain_for_scoring(model, memo)
     tok = model.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
-    flat = [p for t in targets for p in t.rows.prompts()]
-    responses = memo.generate(flat, [], gen_tokens)  # one batched call for every target's with-instruction prompts
+    kinds = [lambda t: t.rows.prompts()] + ([lambda t: t.rows.prompts_without_instruction()] if contrast else [])
+    flat = [p for kind in kinds for t in targets for p in kind(t)]
+    generated = iter(memo.generate(flat, [], gen_tokens))  # one batched call for every response the scores need
+    responses = [[[next(generated) for _ in t.rows] for t in targets] for _ in kinds]  # [kind][target][row]
     shifts: dict[tuple[str, int, float], list[float]] = {}
     base_cache: dict[Pair, torch.Tensor] = {}
-    pos = 0
     bar = tqdm(total=len(targets) * len(layers) * len(strengths), desc="fast search", unit="cell", disable=not progress)
-    for target, cells in zip(targets, grid):
-        pairs = _target_pairs(model, target, responses[pos : pos + len(target.rows)], n_tokens)
-        pos += len(target.rows)
+    for ti, (target, cells) in enumerate(zip(targets, grid)):
+        n = len(target.rows)
+        pairs = [p for k in range(len(kinds)) for p in _target_pairs(model, target, responses[k][ti], n_tokens)]
         new = [p for p in dict.fromkeys(pairs) if p not in base_cache]
         base_cache.update(zip(new, response_logprobs(plain, new, None, batch_size, pad_id)))
         base = [base_cache[p] for p in pairs]
         for layer, row in zip(layers, cells):
             for strength, spec in zip(strengths, row):
                 steered = response_logprobs(plain, pairs, spec, batch_size, pad_id)
+                delta = [float((s - b).mean()) if b.numel() else None for s, b in zip(steered, base)]
+                per_row = [[delta[k * n + i] for k in range(len(kinds))] for i in range(n)]
                 cell = shifts.setdefault((target.group_name, layer, float(strength)), [])
-                cell += [float((s - b).mean()) for s, b in zip(steered, base) if b.numel()]
+                cell += [d[0] - (d[1] if contrast else 0.0) for d in per_row if None not in d]
                 bar.update(1)
     bar.close()
     return [
