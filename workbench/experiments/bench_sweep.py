@@ -11,6 +11,7 @@ Example: ``workbench bench-sweep --layers 14,18,22,26 --n-val 40 --max-new-token
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from dataclasses import replace
@@ -76,6 +77,7 @@ def _bench(model, instruction, layers, strengths, n_train, n_val, max_new_tokens
     with tempfile.TemporaryDirectory() as tmp:
         for name, s in settings.items():
             path = Path(tmp) / f"{VARIANTS.index(name)}.jsonl"
+            load_start = _load()
             start = time.perf_counter()
             result = run_sweep(model, [target], s, path, say=lambda line: None)
             seconds = time.perf_counter() - start
@@ -85,7 +87,8 @@ def _bench(model, instruction, layers, strengths, n_train, n_val, max_new_tokens
                          "units_per_s": round(result.units_run / seconds, 4), "max_batch": result.stats.get("max_batch"),
                          "selection": None if sel is None else {"layer": sel["layer"], "coeff": sel["coeff"],
                                                                 "accuracy": sel["accuracy"]},
-                         "decoded_layers": sorted({r["layer"] for r in result.records})})
+                         "decoded_layers": sorted({r["layer"] for r in result.records}),
+                         "load_average": [load_start, _load()]})
             say(f"  {name}: {result.units_run} units in {seconds:.1f} s ({rows[-1]['units_per_s']:.3g} units/s); "
                 f"selected {rows[-1]['selection']}")
     one, packed = records[VARIANTS[0]], records[VARIANTS[1]]
@@ -110,6 +113,14 @@ def _bench(model, instruction, layers, strengths, n_train, n_val, max_new_tokens
     return report
 
 
+def _load() -> float | None:
+    """The 1-minute load average (other work on the machine slows a variant down), None where unknown."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
 def _cell(sel: dict[str, Any] | None) -> tuple | None:
     return None if sel is None else (sel["layer"], sel["coeff"])
 
@@ -122,8 +133,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{report['instruction']}`, project mode, layers {report['layers']} x strengths {report['strengths']}, "
         f"{report['n_val']} validation prompts, {report['max_new_tokens']} new tokens, units of {report['unit_size']} prompts.",
         "",
-        "| variant | units decoded | seconds | units/s | units/s vs one at a time | wall time vs one at a time | selection (layer, strength, validation accuracy) | same selection |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | units decoded | seconds | units/s | units/s vs one at a time | wall time vs one at a time | selection (layer, strength, validation accuracy) | same selection | load average (start, end) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         sel = r["selection"]
@@ -131,6 +142,6 @@ def markdown(report: dict[str, Any]) -> str:
         batch = f" (max batch {r['max_batch']})" if r["max_batch"] else ""
         lines.append(f"| {r['variant']}{batch} | {r['units']} | "
                      f"{r['seconds']:.0f} | {r['units_per_s']:.3g} | {r['units_per_s_ratio']:.2f}x | {r['wall_ratio']:.2f}x | "
-                     f"{cell} | {'yes' if r['same_selection'] else 'no'} |")
+                     f"{cell} | {'yes' if r['same_selection'] else 'no'} | {r['load_average'][0]}, {r['load_average'][1]} |")
     lines += ["", f"Packed responses identical to one-at-a-time, token for token: {same['same']}/{same['total']}."]
     return "\n".join(lines)
