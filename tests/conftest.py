@@ -46,3 +46,12 @@ def random_unit() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     v = torch.randn(64, generator=g)
     return v / v.norm()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread (much faster on a CPU shared with other jobs); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,7 +7,6 @@ import csv
 import shutil
 
 import pytest
-import torch
 
 import workbench as wb
 from workbench.experiments import across
@@ -19,13 +18,6 @@ from workbench.models.registry import BUILTIN_MODELS, BuiltinModel
 TITLE = "detectable_format:title"
 SMALL = dict(quick=True, n_train=4, n_val=4, n_eval=4, max_new_tokens=4, instructions=[TITLE], device="cpu")
 
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -72,15 +72,6 @@ def _targets(tiny):
 SETTINGS = SweepSettings(layers=[1, 3], strengths=[4.0], max_new_tokens=2, batch_size=4, unit_size=2, max_ppl_ratio=None)
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread (much faster on a CPU shared with other jobs); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_sweep_resume_matches_uninterrupted_run(tiny, tmp_path, one_thread):
     targets = _targets(tiny)
     full = run_sweep(tiny, targets, SETTINGS, tmp_path / "full.jsonl")

@@ -19,14 +19,6 @@ SETTINGS = SweepSettings(layers=[1, 2, 3], strengths=[2.0, 6.0], max_new_tokens=
                          max_ppl_ratio=None)
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def targets(tiny):
     """Two targets with different prompts and modes."""
