@@ -9,7 +9,7 @@ high. One forward pass per validation prompt and cell (plus one unsteered pass p
 
     memo = GenerationMemo(model, max_new_tokens=48)
     scores = fast_scores(model, targets, default_layers(30), [1.0], memo)
-    shortlist(scores, keep=3)   # {"detectable_format:title": [22, 24, 26]}
+    shortlist(scores, keep=3)   # {"detectable_format:title": [24, 26, 28]} on SmolLM2 (docs/search.md)
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def shortlist(scores: Sequence[dict[str, Any]], keep: int = 3) -> dict[str, list
     A layer's score is its best strength's; NaN scores rank last.
 
     >>> shortlist(fast_scores(model, targets, layers, [1.0], memo), keep=3)["detectable_format:title"]
-    [22, 24, 26]
+    [24, 26, 28]
     """
     keep = check_count("keep", keep)
     if not scores:
