@@ -24,7 +24,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from ..errors import LayerError, SteeringError, WorkbenchError
-from ..evaluation.quality import _encode_pairs
+from ..evaluation.quality import _encode_pairs, pad_right
 from ..generation import check_count
 from ..models.loading import model_info
 from ..models.plain import plain_model_for
@@ -95,14 +95,9 @@ def response_logprobs(
     with hf_steer(plain, spec) if spec is not None else contextlib.nullcontext():
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            seqs = [list(pairs[i][0]) + list(pairs[i][1]) for i in idx]
+            ids, mask = pad_right([list(pairs[i][0]) + list(pairs[i][1]) for i in idx], pad_id)
             p_lens = [len(pairs[i][0]) for i in idx]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(seqs), width), dtype=torch.long)
-            for j, s in enumerate(seqs):
-                ids[j, : len(s)] = torch.tensor(s)
-                mask[j, : len(s)] = 1
+            width = ids.shape[1]
             lo, hi = min(p_lens) - 1, width - 1  # positions whose logits predict some row's response token
             keep = torch.arange(lo, hi, device=device)
             logits = plain(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep,
