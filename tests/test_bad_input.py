@@ -102,6 +102,8 @@ CLI_CASES = [
     ("reproduce-n-train-0", ["reproduce", "format", "--quick", "--n-train", "0", *TINY], "must be >= 1"),
     ("sweep-n-val-0", ["sweep", "--instruction", TITLE, "--n-val", "0", "--out", "{root}/sw", *TINY], "must be >= 1"),
     ("demo-n-train-0", ["demo", "--n-train", "0"], "must be >= 1"),
+    ("sweep-max-batch-0", ["sweep", "--instruction", TITLE, "--max-batch", "0", "--out", "{root}/mb", *TINY], "must be >= 1"),
+    ("reproduce-search-keep-0", ["reproduce", "format", "--quick", "--search", "fast", "--search-keep", "0", *TINY], "must be >= 1"),
     ("model-typo", ["generate", "--prompt", "x", "--model", "tiny-random-lama", "--device", "cpu"], "did you mean 'tiny-random-llama'"),
     ("model-unknown-hub-id", ["generate", "--prompt", "x", "--model", "someorg/somemodel", "--device", "cpu"], "not in the local Hugging Face cache"),
     ("prompt-past-context", ["generate", "--prompt", "a" * 1100, *TINY], "exceed the context"),
