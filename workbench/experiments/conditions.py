@@ -56,7 +56,6 @@ class GenerationMemo:
     max_batch: int | None = None
     pack: bool = True  # False: generate_many decodes request after request (the pre-packing path)
     scored: dict[str, list[float]] = field(default_factory=dict)
-    scorings: int = 0
 
     def perplexities(self, reference: Any, prompts: Sequence[str], responses: Sequence[str], batch_size: int) -> list[float]:
         """``response_perplexities`` of the whole call, computed once per run: the unsteered no-instruction responses
@@ -64,7 +63,6 @@ class GenerationMemo:
         value is computed in the same batches as without the memo."""
         key = hashlib.sha256(json.dumps([model_info(reference).name, batch_size, list(prompts), list(responses)]).encode()).hexdigest()
         if key not in self.scored:
-            self.scorings += 1
             self.scored[key] = response_perplexities(reference, prompts, responses, batch_size=batch_size)
         return list(self.scored[key])
 

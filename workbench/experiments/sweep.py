@@ -207,7 +207,6 @@ def run_sweep(
     if settings.search == "fast":
         from .search import fast_scores, shortlist
 
-        plan_units(model, targets, settings, reference)  # bad targets fail before the search's forward passes
         say(f"  search: scoring {len(settings.layers)} layers x {len(settings.strengths)} strengths by forward passes")
         # the first 16 tokens of each with-instruction response: greedy decoding of those 16 only (not the sweep's length)
         scores = fast_scores(model, targets, settings.layers, settings.strengths, memo, n_tokens=16, response_tokens=16,

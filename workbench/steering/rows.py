@@ -121,8 +121,3 @@ class RowSteering:
             keep = (code == 0) | ((code == 1) & in_prompt[None, :]) | ((code == 2) & ~in_prompt[None, :])
             x = shift(x, table.a[slot], table.u[slot], table.g[slot], table.t[slot], keep.to(x.dtype))
         return x
-
-
-def phase_specs(specs: Sequence[SteeringSpec], phase: str) -> list[SteeringSpec]:
-    """The specs that act on ``phase`` ("prompt" or "generated") tokens."""
-    return [s for s in specs if s.positions in PHASES[phase]]
