@@ -147,3 +147,38 @@ def test_bad_input_is_refused_before_any_work(tiny, title_direction):
     with wb.steer(tiny, steering_spec(direction, 1, 1.0, "project")), pytest.raises(SteeringError, match="steer"):
         fast_scores(tiny, [target], [1], [1.0], memo)
     assert memo.calls == 0 and not memo.cache  # nothing was generated for any refused call
+
+
+
+def test_a_prompt_that_cannot_fit_the_context_is_refused_before_any_forward_pass(tiny, title_direction):
+    import dataclasses
+
+    from workbench.models.prompts import ContextLengthError
+
+    data, direction = title_direction
+    n_ctx, formatter = int(tiny.cfg.n_ctx), model_info(tiny).formatter
+
+    def text_of(n: int) -> str:  # a prompt of exactly n tokens as generation tokenises it
+        return next(t for k in range(n // 2, 2 * n) if len(formatter.token_ids(t := "word " * (k // 5) + "w" * (k % 5), False)) == n)
+
+    def with_row(i: int, **change) -> wb.PairDataset:
+        rows = list(data.rows)
+        rows[i] = dataclasses.replace(rows[i], **change)
+        return wb.PairDataset(rows, name="changed")
+
+    memo = GenerationMemo(tiny, GEN_TOKENS)
+    cases = [  # the uninstructed prompt (scored) fits generation but not N_TOKENS teacher-forced; the instructed one not GEN_TOKENS
+        (with_row(1, prompt_without_instruction=text_of(n_ctx - N_TOKENS + 1)),
+         f"prompt 1 has {n_ctx - N_TOKENS + 1} tokens; with the {N_TOKENS} response tokens teacher-forced after it"),
+        (with_row(2, prompt=text_of(n_ctx - GEN_TOKENS + 1)),
+         f"prompt 2 has {n_ctx - GEN_TOKENS + 1} tokens; with the {GEN_TOKENS} response tokens generated after it"),
+    ]
+    for rows, message in cases:
+        with pytest.raises(ContextLengthError) as err:
+            fast_scores(tiny, [SweepTarget("long", rows, direction)], [1], [1.0], memo, n_tokens=N_TOKENS)
+        assert str(err.value) == f"fast search target long: {message} that is {n_ctx + 1}, more than the model's {n_ctx}-token context"
+    assert memo.calls == 0 and not memo.cache  # refused before generating anything
+    # a prompt of exactly n_ctx - N_TOKENS tokens fits: the bound is exact, and that row is scored
+    fits = with_row(1, prompt_without_instruction=text_of(n_ctx - N_TOKENS))
+    scores = fast_scores(tiny, [SweepTarget("fits", fits, direction)], [1], [1.0], memo, n_tokens=N_TOKENS)
+    assert scores[0]["n"] == len(fits) and math.isfinite(scores[0]["score"])

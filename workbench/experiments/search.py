@@ -27,6 +27,7 @@ from ..errors import LayerError, SteeringError, WorkbenchError
 from ..evaluation.quality import _encode_pairs, pad_right
 from ..generation import check_count
 from ..models.loading import model_info
+from ..models.prompts import ContextLengthError
 from ..models.plain import plain_model_for
 from ..steering import SteeringSpec, hf_steer, resolve_specs
 from .conditions import GenerationMemo
@@ -60,6 +61,24 @@ def _check_grid(model: Any, targets: Sequence[SweepTarget], layers: Sequence[int
         resolve_specs(tuple(spec for row in cells for spec in row), n_layers, d_model)
         grid.append(cells)
     return grid
+
+
+def _check_context(model: Any, targets: Sequence[SweepTarget], n_tokens: int, gen_tokens: int, contrast: bool) -> None:
+    """Refuse a prompt that cannot fit ``cfg.n_ctx`` with the tokens generated or teacher-forced after it, before any work."""
+    n_ctx, formatter = int(model.cfg.n_ctx), model_info(model).formatter
+    lengths: dict[str, int] = {}
+    for target in targets:
+        uses = [(target.rows.prompts(), gen_tokens, "generated")]
+        if contrast:
+            uses.append((target.rows.prompts_without_instruction(), gen_tokens, "generated"))
+        uses.append((target.prompts(), n_tokens, "teacher-forced"))
+        for prompts, extra, verb in uses:
+            for i, prompt in enumerate(prompts):
+                n = lengths.setdefault(prompt, len(formatter.token_ids(prompt, False)))
+                if n + extra > n_ctx:
+                    raise ContextLengthError(
+                        f"fast search target {target.name}: prompt {i} has {n} tokens; with the {extra} response tokens "
+                        f"{verb} after it that is {n + extra}, more than the model's {n_ctx}-token context")
 
 
 def _plain_for_scoring(model: Any, memo: GenerationMemo) -> torch.nn.Module:
@@ -138,6 +157,8 @@ def fast_scores(
     cut to ``n_tokens``. ``n``: rows scored (rows whose response is empty are left out; ``score`` NaN if none).
     ``contrast=True`` subtracts the same shift of the unsteered *without*-instruction response (the sweep's
     baseline responses), so steering that merely degrades every continuation does not score as "toward" it.
+    A prompt whose tokens plus the response tokens generated (``response_tokens``) or teacher-forced
+    (``n_tokens``) after it exceed ``model.cfg.n_ctx`` raises ``ContextLengthError`` before any forward pass.
 
     >>> fast_scores(model, [SweepTarget("title", val, direction)], [22, 24, 26], [1.0], GenerationMemo(model))
     """
@@ -148,6 +169,7 @@ def fast_scores(
     if contrast:
         for target in targets:
             target.rows.prompts_without_instruction()  # contrast needs every row's uninstructed prompt
+    _check_context(model, targets, n_tokens, gen_tokens, contrast)
     plain = _plain_for_scoring(model, memo)
     tok = model.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
