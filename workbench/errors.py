@@ -33,3 +33,11 @@ class VectorFileError(WorkbenchError):
 
 class SteeringError(WorkbenchError):
     """An invalid steering request (unknown mode or positions, NaN in a vector, ...)."""
+
+
+class ContextLengthError(WorkbenchError):
+    """A prompt (plus the tokens to generate) longer than the model's context."""
+
+
+class RunFolderBusy(WorkbenchError):
+    """Another process holds the lock on the run folder."""

@@ -15,16 +15,12 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import WorkbenchError
+from ..errors import RunFolderBusy
 
 LOCK_NAME = ".workbench.lock"
 
 _held: dict[str, list[int]] = {}  # real folder path -> [fd, hold count] for this process
 _guard = threading.Lock()
-
-
-class RunFolderBusy(WorkbenchError):
-    """Another process holds the lock on the run folder."""
 
 
 def _acquire(folder: Path) -> str:

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import torch
 from jaxtyping import Int
 
-from ..errors import WorkbenchError
+from ..errors import ContextLengthError, WorkbenchError  # ContextLengthError: defined in errors, importable here
 
 STYLES = ("chat", "qa", "raw")
 
@@ -162,10 +162,6 @@ class PromptFormatter:
         return self.pad(rows, padding_side)
 
 TRUNCATE = (None, "left")
-
-
-class ContextLengthError(WorkbenchError):
-    """A prompt (plus the tokens to generate) longer than the model's context."""
 
 
 def fit_context(rows: list[list[int]], max_tokens: int, truncate: str | None = None) -> list[list[int]]:
