@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 
 import pytest
@@ -26,3 +27,53 @@ def test_moved_errors_are_the_same_classes_everywhere_and_reach_the_cli_as_one_l
     rc = main(["generate", "--prompt", "a" * 1100, *TINY])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("workbench: error: ") and "exceed the context" in err and err.count("\n") == 1, err
+
+
+# --- 3: one JSONL reader for the unit store and the generations file ---------------------------------
+def test_a_corrupt_middle_line_is_the_same_one_line_error_from_the_store_and_the_generations_reader(tmp_path):
+    from workbench.experiments import UnitStore
+    from workbench.experiments.results import read_generations
+
+    good = json.dumps({"key": "a", "response": "ok"})
+    for bad, fragment in ((b"{not json", "not JSON (line 2 column 2"), (b"[1, 2]", "a JSON list, expected an object"),
+                          ('{"key": "\u00e9"}'.encode("latin-1"), "not UTF-8")):
+        path = tmp_path / "units.jsonl"
+        path.write_bytes(good.encode() + b"\n" + bad + b"\n" + good.encode() + b"\n")
+        with pytest.raises(errors.DatasetError) as from_store:
+            UnitStore(path, required=("key",)).load()
+        with pytest.raises(errors.DatasetError) as from_results:
+            read_generations(path)
+        assert str(from_store.value) == str(from_results.value)  # one reader, one text
+        assert str(from_store.value).startswith(f"{path}:2: ") and fragment in str(from_store.value), from_store.value
+        assert "\n" not in str(from_store.value)
+
+
+def test_the_store_keeps_its_resume_semantics_on_the_shared_reader(tmp_path):
+    from workbench.experiments import UnitStore
+
+    path = tmp_path / "units.jsonl"
+    whole = "".join(json.dumps({"key": k, "s": "\u00e9\u2028"}, ensure_ascii=False) + "\n" for k in "ab").encode()
+    cases = [  # (newline-less last line, records kept, file afterwards)
+        (b'{"key": "c", "v"', ["a", "b"], whole),  # torn by a killed writer: dropped and trimmed
+        ('{"key": "c", "s": "\u00e9'.encode()[:-1], ["a", "b"], whole),  # torn inside a UTF-8 character
+        (b'{"key": "c"}', ["a", "b", "c"], whole + b'{"key": "c"}\n'),  # complete but for its newline: kept, ended
+        (b'{"other": 1}', ["a", "b"], whole),  # a key-less object as the last line: dropped, as before
+        (b"  ", ["a", "b"], whole + b"  "),  # whitespace only: left alone
+    ]
+    for tail, keys, after in cases:
+        path.write_bytes(whole + tail)
+        store = UnitStore(path, required=("key",))
+        assert list(store.load()) == keys and store.get("a")["s"] == "\u00e9\u2028"
+        assert path.read_bytes() == after, tail
+    path.write_bytes(whole + b'{"key": "c", "v"')
+    from workbench.experiments.results import read_generations
+
+    with pytest.raises(errors.DatasetError, match=r"units.jsonl:3: not JSON"):  # no tolerance outside the store
+        read_generations(path)
+
+
+def test_generations_round_trip_a_raw_line_separator(tmp_path):
+    from workbench.experiments.results import read_generations, write_jsonl
+
+    records = [{"response": "one\u2028two\u0085three\rfour"}, {"response": "five"}]  # splitlines() would cut these
+    assert read_generations(write_jsonl(tmp_path / "generations.jsonl", records)) == records

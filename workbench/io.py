@@ -1,4 +1,4 @@
-"""Atomic file writing and safe tensor-file loading shared by every module that saves results."""
+"""Atomic file writing, safe tensor-file loading and the JSONL reader shared by every module that saves results."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -13,7 +14,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .errors import VectorFileError, WorkbenchError
+from .errors import DatasetError, VectorFileError, WorkbenchError
 
 
 def _umask() -> int:
@@ -148,3 +149,60 @@ def load_tensors(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Te
     if metadata.get("kind") != kind:
         raise VectorFileError(f"{path}: holds {metadata.get('kind')!r}, expected {kind!r}")
     return tensors, metadata
+
+
+@dataclass(frozen=True)
+class JsonlLines:
+    """What :func:`read_jsonl` read: the objects with their line numbers, and how the file ended."""
+
+    records: list[tuple[int, dict[str, Any]]]  # (1-based line number, object) of every non-blank line kept
+    data: bytes  # the file's bytes as read
+    cut: int  # data[:cut] is the file's whole lines (each ends in a newline)
+    unterminated: bool  # the last line holds more than whitespace but no newline (kept as the last record, or torn)
+    torn: bool  # that last line did not parse and was dropped (``tolerate_torn_tail`` only)
+
+
+def _jsonl_object(path: Path, lineno: int, raw: bytes) -> dict[str, Any]:
+    """One line's JSON object; a ``DatasetError`` naming the file and line otherwise."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}:{lineno}: not UTF-8 (byte {exc.start} of the line)") from None
+    except json.JSONDecodeError as exc:
+        raise DatasetError(f"{path}:{lineno}: not JSON (line {lineno} column {exc.colno}: {exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path}:{lineno}: a JSON {type(obj).__name__}, expected an object")
+    return obj
+
+
+def read_jsonl(path: str | os.PathLike, *, tolerate_torn_tail: bool = False) -> JsonlLines:
+    """Read a JSONL file of objects; a bad line is a one-line ``DatasetError`` naming the file and line number.
+
+    Lines are split at ``\\n`` only (a raw U+2028 inside a string stays in its record); blank lines are
+    skipped. ``tolerate_torn_tail``: a last line without its newline that is not a JSON object (cut short
+    by a killed writer) is dropped and reported as ``torn`` instead of raising; whole lines must still parse.
+
+    >>> read_jsonl("results/smollm2/format/sweep.jsonl", tolerate_torn_tail=True).records[0]
+    (1, {'key': '...', ...})
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory, expected a JSONL file")
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read file ({exc})") from None
+    cut = data.rfind(b"\n") + 1  # everything before `cut` is whole lines
+    records = [(n, _jsonl_object(path, n, raw)) for n, raw in enumerate(data[:cut].split(b"\n")[:-1], start=1) if raw.strip()]
+    tail, torn = data[cut:], False
+    if tail.strip():
+        lineno = data[:cut].count(b"\n") + 1
+        try:
+            records.append((lineno, _jsonl_object(path, lineno, tail)))
+        except DatasetError:
+            if not tolerate_torn_tail:
+                raise
+            torn = True
+    return JsonlLines(records, data, cut, bool(tail.strip()), torn)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import DatasetError
-from ..io import write_text_atomic
+from ..io import read_jsonl, write_text_atomic
 from .store import _clean
 
 RATE_COLUMNS = {"accuracy", "loose_accuracy", "strict", "loose", "baseline_accuracy"}
@@ -101,17 +101,9 @@ def write_jsonl(path: str | Path, records: Sequence[dict[str, Any]]) -> Path:
 def read_generations(path: str | Path) -> list[dict[str, Any]]:
     """The records of a ``generations.jsonl`` file; a missing file or bad line is a ``DatasetError`` naming it."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
     records = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path}:{i}: not JSON ({exc.msg})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("response"), str):
+    for i, rec in read_jsonl(path).records:
+        if not isinstance(rec.get("response"), str):
             raise DatasetError(f"{path}:{i}: a generations record needs a string 'response'")
         records.append(rec)
     if not records:

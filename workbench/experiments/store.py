@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import DatasetError
+from ..io import read_jsonl
 
 
 def _clean(value: Any) -> Any:
@@ -60,31 +61,19 @@ class UnitStore:
         if self.path.is_dir():
             raise DatasetError(f"{self.path}: is a directory, expected a JSONL file")
         if self.path.is_file():
-            data = self.path.read_bytes()
-            cut = data.rfind(b"\n") + 1  # everything before `cut` is whole lines
-            for lineno, raw in enumerate(data[:cut].split(b"\n")[:-1], start=1):
-                if not raw.strip():
-                    continue
-                obj = self._parse(raw)
-                if obj is None:
-                    raise DatasetError(f"{self.path} line {lineno}: corrupt record (not a truncated last line)")
+            lines = read_jsonl(self.path, tolerate_torn_tail=True)  # a bad whole line raises, naming its number
+            kept = lines.records
+            torn = lines.torn
+            if lines.unterminated and not torn and "key" not in kept[-1][1]:
+                kept, torn = kept[:-1], True  # a key-less last line without its newline is dropped like a torn one
+            for lineno, obj in kept:
                 self._check(obj, lineno)
                 if obj["key"] in records:
                     self.duplicates += 1
                     del records[obj["key"]]  # the later line wins, at its own place in the order
                 records[obj["key"]] = obj
-            tail = data[cut:]
-            if tail.strip():  # the line being written when the run stopped
-                obj = self._parse(tail)
-                if obj is not None:  # complete but for its newline: keep it
-                    self._check(obj, data[:cut].count(b"\n") + 1)
-                    if obj["key"] in records:
-                        self.duplicates += 1
-                        del records[obj["key"]]
-                    records[obj["key"]] = obj
-                    self._repair(data + b"\n")
-                else:
-                    self._repair(data[:cut])
+            if lines.unterminated:  # the line being written when the run stopped
+                self._repair(lines.data[: lines.cut] if torn else lines.data + b"\n")  # drop it, or end it
         self._records = records
         return records
 
@@ -97,14 +86,6 @@ class UnitStore:
             )
         if not isinstance(obj["key"], str):
             raise DatasetError(f"{self.path} line {lineno}: 'key' must be a string, got {type(obj['key']).__name__}")
-
-    @staticmethod
-    def _parse(raw: bytes) -> dict[str, Any] | None:
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            return None
-        return obj if isinstance(obj, dict) and "key" in obj else None
 
     def _repair(self, good: bytes) -> None:
         """Rewrite the file as ``good`` (its complete lines)."""
