@@ -1,4 +1,5 @@
-"""Sweeps on Ray (``--executor ray``): same tables as local, worker deaths, resume, the missing-Ray error.
+"""Sweeps on Ray (``--executor ray``): same records as local (packed and not), worker deaths, resume,
+how packs are shared out, the missing-Ray error.
 
 One local Ray cluster (2 CPUs, no dashboard) serves the whole module; actors take 1 CPU each
 (one torch thread), so 2 workers fit.
@@ -14,6 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from dataclasses import replace
 
 import pytest
 
@@ -23,6 +25,7 @@ from workbench.experiments import SweepSettings, SweepTarget, UnitStore, run_swe
 from workbench.experiments.cli import register
 from workbench.experiments.executors import make_executor
 from workbench.experiments.sweep import plan_units
+from workbench.experiments.units import pack_units
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None
 needs_ray = pytest.mark.skipif(not HAVE_RAY, reason='Ray is not installed (pip install -e ".[ray]")')
@@ -54,11 +57,20 @@ def targets(tiny):
 
 @pytest.fixture(scope="module")
 def local_result(tiny, targets, tmp_path_factory):
-    return run_sweep(tiny, targets, SETTINGS, tmp_path_factory.mktemp("local") / "sweep.jsonl")
+    """The local packed sweep (one pack of all 14 units: 28 rows, default max_batch 80) and its records by key."""
+    path = tmp_path_factory.mktemp("local") / "sweep.jsonl"
+    result = run_sweep(tiny, targets, SETTINGS, path)
+    assert result.stats["max_batch"] == 80
+    return result, _records(path)
 
 
 def _keys(path) -> list[str]:
     return [json.loads(line)["key"] for line in open(path, encoding="utf-8")]
+
+
+def _records(path) -> dict[str, dict]:
+    """Every JSONL line of a sweep by its key (responses, checks, perplexities, degeneration)."""
+    return {r["key"]: r for r in map(json.loads, open(path, encoding="utf-8"))}
 
 
 def _cli(argv: list[str]) -> int:
@@ -94,8 +106,9 @@ def test_ray_reproduce_gives_the_local_csv(ray_cluster, tiny, tmp_path):
     for name in ("results.csv", "sweep.csv", "heatmap.json", "selection.json"):
         assert (a / name).read_text() == (b / name).read_text(), name
     assert sorted(_keys(a / "sweep.jsonl")) == sorted(_keys(b / "sweep.jsonl")) and len(_keys(b / "sweep.jsonl")) == 14
+    assert _records(a / "sweep.jsonl") == _records(b / "sweep.jsonl")  # local: 1 pack of 14 units; ray: 2 packs of 7
     stats = json.loads((b / "config.json").read_text())["sweep"]
-    assert stats["executor"] == "ray" and stats["workers"] == 2 and stats["units_run"] == 14
+    assert stats["executor"] == "ray" and stats["workers"] == 2 and stats["units_run"] == 14 and stats["max_batch"] == 80
     assert json.loads((b / "config.json").read_text())["config"]["executor"] == "ray"
 
 
@@ -117,13 +130,18 @@ def test_killed_workers_still_record_every_unit_once(ray_cluster, tiny, targets,
 
     ex.on_result = kill
     path = tmp_path / "sweep.jsonl"
-    result = run_sweep(tiny, targets, SETTINGS, path, executor=ex, say=lines.append)
+    local, local_records = local_result
+    settings = replace(SETTINGS, max_batch=4)  # packs of 2 units (4 rows): 7 packs, so both workers have packs queued
+    result = run_sweep(tiny, targets, settings, path, executor=ex, say=lines.append)
     keys = _keys(path)
     expected = [u.key for u in plan_units(tiny, targets, SETTINGS)]
     assert len(keys) == len(set(keys)) == len(expected) == 14 and set(keys) == set(expected)
-    assert result.units_run == 14 and result.records == local_result.records and result.baselines == local_result.baselines
-    assert result.selection == local_result.selection
+    assert result.units_run == 14 and result.records == local.records and result.baselines == local.baselines
+    assert result.selection == local.selection
+    assert _records(path) == local_records  # packs of 2 on Ray, one pack of 14 locally: the same lines
+    assert result.stats["max_batch"] == 4 and result.stats["packs"] == 7 and set(result.stats["task_units"]) == {2}
     assert any("workers alive 1/2" in line for line in lines), lines[-3:]
+    assert any("lost 2 units" in line and "resubmitted" in line for line in lines), lines  # the whole pack went back
 
 
 @needs_ray
@@ -138,14 +156,18 @@ def test_interrupted_ray_run_resumes(ray_cluster, tiny, targets, local_result, t
             raise Interrupt
 
     path = tmp_path / "sweep.jsonl"
-    with pytest.raises(Interrupt):
+    local, local_records = local_result
+    with pytest.raises(Interrupt):  # packed (2 packs of 7): killed while the first pack's units are recorded
         run_sweep(tiny, targets, SETTINGS, path, on_unit=stop_after_three, executor=RayExecutor(workers=2))
     assert len(_keys(path)) == 3
-    resumed = run_sweep(tiny, targets, SETTINGS, path, executor=RayExecutor(workers=2))
+    # resumed with packing off (--no-pack): the same keys, one unit a task
+    resumed = run_sweep(tiny, targets, replace(SETTINGS, pack=False), path, executor=RayExecutor(workers=2))
     assert resumed.units_skipped == 3 and resumed.units_run == 11
+    assert resumed.stats["max_batch"] is None and resumed.stats["task_units"] == [1] * 11 and resumed.stats["packs"] == 11
     keys = _keys(path)
     assert len(keys) == len(set(keys)) == 14
-    assert resumed.records == local_result.records and resumed.selection == local_result.selection
+    assert resumed.records == local.records and resumed.selection == local.selection
+    assert _records(path) == local_records
 
 
 @needs_ray
@@ -157,3 +179,26 @@ def test_workers_that_cannot_be_placed_are_an_error(ray_cluster, tiny, targets, 
     with pytest.raises(WorkbenchError, match="GPUs"):
         run_sweep(tiny, targets, SETTINGS, tmp_path / "sweep.jsonl", executor=RayExecutor(device="cuda"))
     assert not (tmp_path / "sweep.jsonl").exists()
+
+
+def test_packs_are_shared_out_so_no_worker_waits(tiny, targets):
+    from workbench.experiments.ray_executor import balanced_packs
+
+    units = plan_units(tiny, targets, SETTINGS)  # 14 units of 2 prompts
+    rows = lambda pack: sum(len(u.prompts) for u in pack)  # noqa: E731
+    assert balanced_packs(units, None, 2) == [[u] for u in units]  # packing off: one unit a task
+    for max_batch, workers in ((80, 1), (6, 1)):  # one worker: exactly the local executor's packs
+        assert balanced_packs(units, max_batch, workers) == pack_units(units, max_batch)
+    for max_batch, workers in ((80, 2), (80, 3), (80, 5), (6, 2), (8, 3), (10, 4), (4, 2), (1, 2)):
+        local = pack_units(units, max_batch)
+        packs = balanced_packs(units, max_batch, workers)
+        assert sorted(u.key for p in packs for u in p) == sorted(u.key for u in units)  # every unit once
+        assert all(rows(p) <= max(max_batch, 2) for p in packs)  # --max-batch holds per actor
+        assert -(-len(packs) // workers) <= -(-len(local) // workers)  # never more rounds than the local packs
+        assert len(packs) >= min(workers, len(units))  # every worker gets a pack
+        assert max(map(rows, packs)) <= max(map(rows, local))
+    two = balanced_packs(units, 80, 2)
+    assert [len(p) for p in two] == [7, 7]  # one pack of 14 locally, split in two for two workers
+    # 3 workers, --max-batch 8: locally 4 packs of 4, 4, 4 and 2 units (2 rounds, 8 rows); balanced: 5 packs of 6 rows
+    assert [len(p) for p in pack_units(units, 8)] == [4, 4, 4, 2]
+    assert [len(p) for p in balanced_packs(units, 8, 3)] == [3, 3, 3, 3, 2]

@@ -1,10 +1,12 @@
-"""Sweep units on Ray actors: each actor loads the model once and then runs many units.
+"""Sweep units on Ray actors: each actor loads the model once and then decodes many packs of units.
 
 The driver (this process) keeps the unit list, the JSONL store and resume (``run_sweep``); it
-sends units to actors (rows, prompts and the steering spec, whose direction is a tensor: never a
-model object), appends each result as it arrives, and resubmits the units of an actor that died.
-Actors restart (``max_restarts``) and Ray retries their in-flight tasks (``max_task_retries``);
-the driver's dedupe on the unit key keeps every unit recorded exactly once.
+sends packs of units to actors (rows, prompts and the steering spec, whose direction is a tensor:
+never a model object), records each unit of a pack as the pack's results arrive, and resubmits the
+whole pack of an actor that died. An actor computes a pack with ``SweepJob.compute_pack``, the code
+the local executor runs (one shared decode batch of up to ``max_batch`` rows; with packing off, one
+unit a task). Actors restart (``max_restarts``) and Ray retries their in-flight tasks
+(``max_task_retries``); the driver's dedupe on the unit key keeps every unit recorded exactly once.
 
 Ray is an optional extra: ``pip install "instruction-steering-workbench[ray]"``.
 """
@@ -21,7 +23,7 @@ from typing import Any, Callable, Sequence
 
 from ..errors import WorkbenchError
 from .executors import Deliver, Executor, SweepJob
-from .units import Unit
+from .units import Unit, pack_units
 
 INSTALL_HINT = 'pip install "instruction-steering-workbench[ray]"  (from a checkout: pip install -e ".[ray]")'
 
@@ -43,11 +45,34 @@ def model_ref(model: Any) -> str:
     return info.name if info.name in BUILTIN_MODELS else info.path
 
 
+def balanced_packs(units: Sequence[Unit], max_batch: int | None, workers: int) -> list[list[Unit]]:
+    """Packs for ``workers`` actors: as few rounds as ``pack_units(units, max_batch)`` needs, packs as small as
+    those rounds allow, so few packs are split to feed every actor and the last round is not one big pack.
+
+    One worker (or packing off, ``max_batch=None``) gets exactly the local executor's packs.
+    Example: 14 units of 2 prompts, ``max_batch=80``, 2 workers: 2 packs of 7 units instead of 1 of 14.
+    """
+    if max_batch is None:
+        return [[u] for u in units]
+    packs = pack_units(units, max_batch)
+    if workers <= 1 or not packs:
+        return packs
+    budget = workers * math.ceil(len(packs) / workers)  # packs that fit in the same number of rounds
+    lo, hi = 1, max_batch  # the smallest pack size whose packs fit in the budget (pack count falls as size grows)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(pack_units(units, mid)) <= budget:
+            hi = mid
+        else:
+            lo = mid + 1
+    return pack_units(units, lo)
+
+
 class UnitWorker:
-    """A Ray actor (wrapped with ``ray.remote`` at run time): one model, many units."""
+    """A Ray actor (wrapped with ``ray.remote`` at run time): one model and one ``GenerationMemo``, many packs."""
 
     def __init__(self, model: str, reference: str | None, device: str, threads: int, expect: tuple[str, str],
-                 batch_size: int, max_new_tokens: int, seed: int) -> None:
+                 batch_size: int, max_new_tokens: int, seed: int, max_batch: int | None = None) -> None:
         import torch
 
         from ..models import load_model, model_info
@@ -61,20 +86,20 @@ class UnitWorker:
         got = (model_info(self.model).name, model_info(self.reference).name)
         if got != tuple(expect):
             raise WorkbenchError(f"this Ray worker loaded {got}, the driver has {tuple(expect)}: install the same models on every node")
-        self.memo = GenerationMemo(self.model, max_new_tokens, batch_size, seed)
-        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        memo = GenerationMemo(self.model, max_new_tokens, batch_size, seed, max_batch=max_batch, pack=max_batch is not None)
+        self.job = SweepJob(model=self.model, reference=self.reference, batch_size=batch_size,
+                            max_new_tokens=max_new_tokens, seed=seed, memo=memo, max_batch=max_batch)
 
     def info(self) -> dict[str, Any]:
         import socket
 
         return {"pid": os.getpid(), "host": socket.gethostname()}
 
-    def run(self, unit: Unit) -> tuple[dict[str, Any], float, int]:
-        from .units import compute_unit
-
+    def run_pack(self, pack: list[Unit]) -> tuple[list[dict[str, Any]], float, int]:
+        """One result per unit of ``pack`` (decoded together, as the local executor does), seconds, pid."""
         t0 = time.perf_counter()
-        result = compute_unit(self.reference, unit, self.batch_size, self.max_new_tokens, self.memo)
-        return result, time.perf_counter() - t0, os.getpid()
+        results = self.job.compute_pack(pack)
+        return results, time.perf_counter() - t0, os.getpid()
 
 
 class RayExecutor(Executor):
@@ -83,7 +108,8 @@ class RayExecutor(Executor):
     ``model``/``reference``: names the actors load (default: the driver's model's built-in name or
     path). ``device``: ``cpu`` or ``cuda`` (then each actor asks Ray for ``gpus_per_worker`` GPUs).
     ``cpus_per_worker``: the CPUs Ray reserves per actor (default: ``threads`` on CPU, 1 with a GPU).
-    ``in_flight``: units queued per actor, so an actor never waits for the driver between units.
+    ``in_flight``: packs queued per actor, so an actor never waits for the driver between packs.
+    Packs hold up to the job's ``max_batch`` rows each (per actor), see :func:`balanced_packs`.
     """
 
     name = "ray"
@@ -172,7 +198,7 @@ class RayExecutor(Executor):
             if cuda:
                 options["num_gpus"] = self.gpus_per_worker
             cls = ray.remote(UnitWorker).options(**options)
-            args = (model, reference, device, threads, expect, job.batch_size, job.max_new_tokens, job.seed)
+            args = (model, reference, device, threads, expect, job.batch_size, job.max_new_tokens, job.seed, job.max_batch)
             self.actors = [cls.remote(*args) for _ in range(n)]
             try:  # wait for every model to load: a worker that cannot load it is a clear error now, not later
                 infos = ray.get([a.info.remote() for a in self.actors])
@@ -180,10 +206,14 @@ class RayExecutor(Executor):
                 why = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
                 raise WorkbenchError(f"a Ray worker could not load {model}: {why}") from None
             job.stats["startup_s"] = time.perf_counter() - t_start
+            packs = balanced_packs(units, job.max_batch, n)
+            packing = ("one unit a task" if job.max_batch is None else
+                       f"{len(packs)} pack(s) of up to {max(sum(len(u.prompts) for u in p) for p in packs)} rows "
+                       f"(--max-batch {job.max_batch} per worker)")
             say(f"  ray: {n} worker(s) with {model} on {device} ({cpus:g} CPU{'' if cuda else f', {threads} thread(s)'}"
                 f"{f', {self.gpus_per_worker:g} GPU' if cuda else ''} each) ready in {job.stats['startup_s']:.1f} s on "
-                f"{', '.join(sorted({i['host'] for i in infos}))}; {len(units)} unit(s) to run")
-            self._drive(ray, job, units, deliver, say, {i: info["pid"] for i, info in enumerate(infos)})
+                f"{', '.join(sorted({i['host'] for i in infos}))}; {len(units)} unit(s) to run, {packing}")
+            self._drive(ray, job, packs, deliver, say, {i: info["pid"] for i, info in enumerate(infos)})
         finally:
             for actor in self.actors:
                 try:
@@ -196,37 +226,47 @@ class RayExecutor(Executor):
                 if self._temp_dir:
                     shutil.rmtree(self._temp_dir, ignore_errors=True)
 
-    def _drive(self, ray: Any, job: SweepJob, units: Sequence[Unit], deliver: Deliver, say: Callable[[str], None],
+    def _drive(self, ray: Any, job: SweepJob, packs: Sequence[list[Unit]], deliver: Deliver, say: Callable[[str], None],
                pids: dict[int, int]) -> None:
-        """Keep ``in_flight`` units queued on every live actor; deliver results; resubmit the units of a lost actor.
+        """Keep ``in_flight`` packs queued on every live actor; deliver each unit of a finished pack; resubmit the
+        whole pack of a lost actor.
 
-        An actor whose task fails with an actor error is probed (``info``) before it gets more work:
-        a probe that answers (the actor restarted) brings it back, one that fails marks it dead.
+        Packs go to the live actor with the fewest queued (round-robin), so a short run does not queue two packs
+        on one actor while another waits. An actor whose task fails with an actor error is probed (``info``)
+        before it gets more work: a probe that answers (the actor restarted) brings it back, one that fails marks
+        it dead.
         """
         from ray.exceptions import ActorDiedError, RayActorError, RayTaskError
 
         n = len(self.actors)
-        queue: deque[Unit] = deque(units)
-        inflight: dict[Any, tuple[Unit, int]] = {}
+        queue: deque[int] = deque(range(len(packs)))  # pack indices
+        inflight: dict[Any, tuple[int, int]] = {}  # task ref -> (pack index, worker)
         probes: dict[Any, int] = {}
-        state = ["up"] * n  # up, checking (lost a unit, being probed), dead
+        state = ["up"] * n  # up, checking (lost a pack, being probed), dead
         probe_tries = [0] * n
         load = [0] * n
         failures = [0] * n
-        attempts: dict[str, int] = {}
+        attempts: dict[int, int] = {}
         unit_s: list[float] = []
         driver_s: list[float] = []
+        task_units: list[int] = []  # units per finished task (all 1 with packing off)
 
         def workers_line() -> str:
             states = [f"w{i} {state[i]}" + (f" (pid {pids[i]})" if i in pids else "") for i in range(n)]
             return f"workers alive {sum(st != 'dead' for st in state)}/{n}: " + ", ".join(states)
 
+        def describe(pack: list[Unit]) -> str:
+            return pack[0].describe() if len(pack) == 1 else f"{len(pack)} units, from {pack[0].describe()}"
+
         def fill() -> None:
-            for i in sorted(range(n), key=lambda j: load[j]):
-                while queue and state[i] == "up" and load[i] < self.in_flight:
-                    unit = queue.popleft()
-                    inflight[self.actors[i].run.remote(unit)] = (unit, i)
-                    load[i] += 1
+            while queue:
+                free = [i for i in range(n) if state[i] == "up" and load[i] < self.in_flight]
+                if not free:
+                    return
+                i = min(free, key=lambda j: (load[j], j))
+                p = queue.popleft()
+                inflight[self.actors[i].run_pack.remote(packs[p])] = (p, i)
+                load[i] += 1
 
         def probe(i: int) -> None:
             state[i] = "checking"
@@ -252,37 +292,47 @@ class RayExecutor(Executor):
                         probe(i)
                 say(f"  sweep: worker w{i} is {state[i]}; {workers_line()}")
             else:
-                unit, i = inflight.pop(ref)
+                p, i = inflight.pop(ref)
+                pack = packs[p]
                 load[i] -= 1
                 t0 = time.perf_counter()
                 try:
-                    result, worker_s, pid = ray.get(ref)
-                except RayTaskError as exc:  # the unit itself failed (a bug or bad input): no retry
+                    results, worker_s, pid = ray.get(ref)
+                except RayTaskError as exc:  # a unit itself failed (a bug or bad input): no retry
                     cause = getattr(exc, "cause", None)
                     if isinstance(cause, WorkbenchError):
                         raise cause from None
                     raise
-                except RayActorError as exc:  # ActorDiedError, ActorUnavailableError: the worker, not the unit
+                except RayActorError as exc:  # ActorDiedError, ActorUnavailableError: the worker, not the pack
                     failures[i] += 1
-                    attempts[unit.key] = attempts.get(unit.key, 0) + 1
-                    if attempts[unit.key] >= self.max_unit_attempts:
-                        raise WorkbenchError(f"unit {unit.key} was lost with {attempts[unit.key]} workers "
+                    attempts[p] = attempts.get(p, 0) + 1
+                    if attempts[p] >= self.max_unit_attempts:
+                        what = f"unit {pack[0].key}" if len(pack) == 1 else f"a pack of {len(pack)} units ({pack[0].key}, ...)"
+                        raise WorkbenchError(f"{what} was lost with {attempts[p]} workers "
                                              f"(last: {type(exc).__name__}); rerun to resume") from None
-                    queue.appendleft(unit)  # resubmitted; dedupe in deliver() keeps it recorded once
+                    queue.appendleft(p)  # the whole pack, resubmitted; dedupe in deliver() keeps each unit recorded once
                     if state[i] == "up":
                         probe(i)
-                    say(f"  sweep: worker w{i} lost {unit.describe()} ({type(exc).__name__}), resubmitted; {workers_line()}")
+                    say(f"  sweep: worker w{i} lost {describe(pack)} ({type(exc).__name__}), resubmitted; {workers_line()}")
                 else:
+                    if len(results) != len(pack):
+                        raise WorkbenchError(f"Ray worker w{i} returned {len(results)} results for a pack of {len(pack)} units")
                     pids[i] = pid
-                    recorded = deliver(unit, result)
-                    unit_s.append(worker_s)
-                    driver_s.append(time.perf_counter() - t0)
-                    say(f"  sweep [{job.done}/{job.total}] {unit.describe()} on w{i} ({worker_s:.1f} s)"
-                        f"{'' if recorded else ' (duplicate, dropped)'}; {workers_line()}")
-                    if self.on_result is not None:
-                        self.on_result(unit, i)
+                    task_units.append(len(pack))
+                    dropped = 0
+                    for unit, result in zip(pack, results):
+                        if not deliver(unit, result):
+                            dropped += 1
+                        if self.on_result is not None:
+                            self.on_result(unit, i)
+                    unit_s.extend([worker_s / len(pack)] * len(pack))
+                    driver_s.extend([(time.perf_counter() - t0) / len(pack)] * len(pack))
+                    say(f"  sweep [{job.done}/{job.total}] {describe(pack)} on w{i} ({worker_s:.1f} s)"
+                        f"{f' ({dropped} duplicate(s), dropped)' if dropped else ''}; {workers_line()}")
             if all(st == "dead" for st in state) and (queue or inflight):
-                raise WorkbenchError(f"all {n} Ray workers died; {len(queue) + len(inflight)} unit(s) not run, rerun to resume")
+                left = sum(len(packs[p]) for p in queue) + sum(len(packs[p]) for p, _ in inflight.values())
+                raise WorkbenchError(f"all {n} Ray workers died; {left} unit(s) not run, rerun to resume")
             fill()
         job.stats.update({"executor": "ray", "workers": n, "unit_s": unit_s, "driver_s": driver_s,
-                          "worker_failures": failures, "address": self.address or "local"})
+                          "worker_failures": failures, "address": self.address or "local", "max_batch": job.max_batch,
+                          "packs": len(packs), "task_units": task_units})
