@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import pickle
+from fractions import Fraction
 
 import pytest
+import torch
 
 import workbench as wb
 from workbench import errors
@@ -77,3 +79,58 @@ def test_generations_round_trip_a_raw_line_separator(tmp_path):
 
     records = [{"response": "one\u2028two\u0085three\rfour"}, {"response": "five"}]  # splitlines() would cut these
     assert read_generations(write_jsonl(tmp_path / "generations.jsonl", records)) == records
+
+
+# --- 4: import_direction() detects lm-eval steer files -------------------------------------------------
+def _direction(n_layers: int = 4, d_model: int = 64) -> wb.Direction:
+    g = torch.Generator().manual_seed(3)
+    return wb.Direction(vectors=torch.randn(n_layers, d_model, generator=g) * 3, layers=tuple(range(n_layers)), name="title",
+                        model_name="tiny-random-llama", d_model=d_model, n_model_layers=n_layers,
+                        proj_with=torch.randn(n_layers, generator=g), proj_without=torch.randn(n_layers, generator=g))
+
+
+def test_import_direction_reads_an_lm_eval_steer_file_exactly(tmp_path, tiny):
+    from workbench.interop import detect_format, import_direction, load_vectors
+    from workbench.interop.lm_eval import export_lm_eval, lm_eval_specs, load_lm_eval
+
+    d = _direction()
+    path = tmp_path / "title.pt"
+    assert export_lm_eval(d, path, layers=[1, 3], mode="add", coeff=2.0, normalize=False) == {1: "layers.1", 3: "layers.3"}
+    assert detect_format(path) == "lm-eval"
+    for model in (None, tiny):
+        back = import_direction(path, model=model)
+        assert back.layers == (1, 3) and back.hook == "resid_post" and back.name == "title"
+        assert torch.equal(back.vectors, d.vectors[[1, 3]])  # the raw vectors, bit for bit
+        assert torch.equal(back.proj_with, d.proj_with[[1, 3]]) and torch.equal(back.proj_without, d.proj_without[[1, 3]])
+        same = load_lm_eval(path, model=model)  # the two paths give the same Direction
+        assert torch.equal(back.vectors, same.vectors) and back.extra == same.extra and back.n_model_layers == 4
+    assert [(s.layer, s.coeff) for s in lm_eval_specs(back)] == [(1, pytest.approx(2.0 * float(d.vectors[1].norm()))),
+                                                                  (3, pytest.approx(2.0 * float(d.vectors[3].norm())))]
+    assert import_direction(path, name="renamed").name == "renamed"
+    with pytest.raises(errors.WorkbenchError, match="names its layers"):
+        import_direction(path, layers=[2])
+    with pytest.raises(errors.VectorFileError, match="an lm-eval steer file; use load_lm_eval"):
+        load_vectors(path)  # before: "entry 'layers.1' is a dict, not a tensor"
+    torch.save({"layers.2": d.vectors[2]}, tmp_path / "plain.pt")  # a plain torch vector file stays "torch"
+    assert detect_format(tmp_path / "plain.pt") == "torch" and import_direction(tmp_path / "plain.pt").layers == (2,)
+
+
+def test_a_corrupt_lm_eval_file_is_one_line(tmp_path):
+    from workbench.interop import import_direction
+    from workbench.interop.lm_eval import export_lm_eval
+
+    d = _direction()
+    good = tmp_path / "good.pt"
+    export_lm_eval(d, good, layers=[1], mode="project")
+    entries = torch.load(good, weights_only=True)
+    (tmp_path / "cut.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])  # truncated mid-write
+    torch.save({"layers.1": {**entries["layers.1"], "action": "multiply"}}, tmp_path / "action.pt")
+    torch.save({"layers.1": {**entries["layers.1"], "steering_vector": torch.full((64,), float("nan"))}}, tmp_path / "nan.pt")
+    torch.save({"layers.1": {**entries["layers.1"], "bias": Fraction(1, 3)}}, tmp_path / "pickled.pt")  # not weights_only
+    cases = [("cut.pt", "not a readable torch.save file"), ("action.pt", "unknown action 'multiply'"),
+             ("nan.pt", "steering_vector is zero or not finite"), ("pickled.pt", "refused")]
+    for name, fragment in cases:
+        with pytest.raises(errors.VectorFileError) as err:
+            import_direction(tmp_path / name)
+        message = str(err.value)
+        assert message.startswith(str(tmp_path / name)) and fragment in message and "\n" not in message, message

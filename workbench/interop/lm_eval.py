@@ -255,18 +255,12 @@ def _check_hf(direction: Direction, hf_model: Any) -> None:
 # --- import ---------------------------------------------------------------------------------
 def is_lm_eval_file(path: str | Path) -> bool:
     """Whether ``path`` is a torch file shaped like an lm-eval steer file (a dict of dicts with ``steering_vector``)."""
-    from .torch_vectors import _read_torch, detect_format
+    from .torch_vectors import detect_format
 
     try:
-        if detect_format(path) != "torch":
-            return False
-        content = _read_torch(Path(path))
+        return detect_format(path) == "lm-eval"
     except WorkbenchError:
         return False
-    return (
-        isinstance(content, dict) and bool(content)
-        and all(isinstance(v, dict) and "steering_vector" in v for v in content.values())
-    )
 
 
 def _model_layout(model: Any) -> tuple[str, int, int, set[str], str]:
@@ -290,7 +284,7 @@ def _read_entries(path: Path) -> dict[str, dict[str, Any]]:
     from .torch_vectors import _read_torch, detect_format
 
     kind = detect_format(path)  # VectorFileError for a missing or non-vector file
-    if kind != "torch":
+    if kind not in ("lm-eval", "torch"):  # a torch file of another shape gets the precise complaint below
         raise VectorFileError(f"{path}: an lm-eval steer file is a torch.save file, but this is a {kind} file")
     content = _read_torch(path)  # weights_only: a pickled object is refused with a clear error
     if not isinstance(content, dict) or not content:

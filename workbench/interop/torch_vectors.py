@@ -2,8 +2,10 @@
 
 Accepted: a ``torch.save`` file or a safetensors file holding a dict ``layer -> [d_model]`` (keys
 ``5``, ``"5"``, ``"layers.5"``, ``"model.layers.5"``, ``"blocks.5.hook_resid_post"``), or a single
-``[n_layers, d_model]`` tensor (row i = layer i). Nothing is ever unpickled beyond tensors and
-plain containers: torch files are read with ``weights_only=True`` only.
+``[n_layers, d_model]`` tensor (row i = layer i). :func:`import_direction` also reads llama.cpp
+GGUF control vectors, workbench direction files and lm-evaluation-harness steer files
+(:mod:`workbench.interop.lm_eval`). Nothing is ever unpickled beyond tensors and plain
+containers: torch files are read with ``weights_only=True`` only.
 """
 
 from __future__ import annotations
@@ -19,13 +21,20 @@ import torch
 from ..directions import Direction
 from ..errors import LayerError, ShapeError, VectorFileError, WorkbenchError
 
-FORMATS = ("gguf", "safetensors", "torch", "workbench")
+FORMATS = ("gguf", "safetensors", "torch", "workbench", "lm-eval")
 
 _LAYER_KEY = re.compile(r"(?:(?:model\.)?(?:layers|layer|blocks|block|h)[._])?(\d+)(?:\.hook_resid_post)?")
 
 
 def detect_format(path: str | Path) -> str:
-    """``gguf``, ``workbench`` (a workbench direction file), ``safetensors`` or ``torch``, judged by content."""
+    """``gguf``, ``workbench`` (a workbench direction file), ``safetensors``, ``lm-eval`` or ``torch``, judged by content.
+
+    ``lm-eval``: a torch file holding an lm-evaluation-harness steer dict ``{hookpoint: {"steering_vector", ...}}``
+    (read with ``weights_only=True``; a torch file that does not load is ``torch``, and its reader says why).
+
+    >>> detect_format("title.pt")  # written by workbench.interop.lm_eval.export_lm_eval
+    'lm-eval'
+    """
     path = Path(path)
     if not path.is_file():
         raise VectorFileError(f"{path}: no such file")
@@ -34,10 +43,8 @@ def detect_format(path: str | Path) -> str:
         head = f.read(16)
     if head[:4] == b"GGUF":
         return "gguf"
-    if head[:4] == b"PK\x03\x04":  # torch.save's zip format
-        return "torch"
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # torch's legacy pickle format
-        return "torch"
+    if head[:4] == b"PK\x03\x04" or (len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5):  # zip or legacy pickle
+        return _torch_kind(path)
     if len(head) >= 9:
         (n,) = struct.unpack("<Q", head[:8])
         if 2 <= n <= size - 8 and head[8:9] == b"{":
@@ -45,6 +52,21 @@ def detect_format(path: str | Path) -> str:
     raise VectorFileError(
         f"{path}: not a vector file workbench can read (expected GGUF, safetensors or a torch.save file)"
     )
+
+
+def _torch_kind(path: Path) -> str:
+    """``lm-eval`` for a torch file shaped like an lm-eval steer file, else ``torch`` (also when it does not load)."""
+    try:
+        content = _read_torch(path)
+    except VectorFileError:
+        return "torch"
+    return "lm-eval" if is_lm_eval_content(content) else "torch"
+
+
+def is_lm_eval_content(content: Any) -> bool:
+    """Whether a loaded object is shaped like an lm-eval steer file: a non-empty dict of dicts with ``steering_vector``."""
+    return (isinstance(content, dict) and bool(content)
+            and all(isinstance(v, dict) and "steering_vector" in v for v in content.values()))
 
 
 def _has_workbench_metadata(path: Path) -> bool:
@@ -196,6 +218,8 @@ def load_vectors(
     elif found == "safetensors":
         content = _read_safetensors(path)
         source = "safetensors"
+    elif found == "lm-eval":
+        raise VectorFileError(f"{path}: an lm-eval steer file; use load_lm_eval() or import_direction()")
     else:
         raise VectorFileError(f"{path}: a {found} file; use load_control_vector() or import_direction()")
     vectors = _vectors_from_content(content, path, layers)
@@ -258,9 +282,18 @@ def import_direction(
     layers: Sequence[int] | None = None,
     name: str | None = None,
 ) -> Direction:
-    """Any supported vector file -> :class:`Direction`: llama.cpp GGUF, workbench file, safetensors or torch."""
+    """Any supported vector file -> :class:`Direction`: llama.cpp GGUF, workbench file, lm-eval steer file, safetensors or torch.
+
+    >>> import_direction("title.pt", model=model)  # an lm-eval steer file: the Direction load_lm_eval() reads
+    """
     path = Path(path)
     found = detect_format(path)
+    if found == "lm-eval":
+        if layers is not None:
+            raise WorkbenchError(f"{path}: an lm-eval steer file names its layers in its hookpoints; layers= does not apply")
+        from .lm_eval import load_lm_eval
+
+        return load_lm_eval(path, model=model, name=name)
     if found == "gguf":
         if layers is not None:
             raise WorkbenchError(f"{path}: a GGUF control vector names its layers; layers= does not apply")
