@@ -134,3 +134,34 @@ def test_a_corrupt_lm_eval_file_is_one_line(tmp_path):
             import_direction(tmp_path / name)
         message = str(err.value)
         assert message.startswith(str(tmp_path / name)) and fragment in message and "\n" not in message, message
+
+
+# --- 5: a GGUF header is parsed once per conversion ---------------------------------------------------
+def test_the_gguf_header_is_parsed_once_for_architecture_name_and_vocabulary(tmp_path, monkeypatch):
+    import gguf
+
+    from test_gguf_tokenizer import VOCAB, _write_gguf, _write_unigram_folder
+    from workbench.models.gguf import gguf_architecture, read_gguf_header, rebuild_spm_bpe_tokenizer
+
+    path = tmp_path / "m.gguf"
+    _write_gguf(path)  # a gemma3 header with a SentencePiece-BPE vocabulary
+    one, two = tmp_path / "one", tmp_path / "two"
+    for folder in (one, two):
+        folder.mkdir()
+        _write_unigram_folder(folder)
+    rebuild_spm_bpe_tokenizer(path, two)  # reads the vocabulary itself
+    parsed = []
+
+    class Counting(gguf.GGUFReader):  # the real reader, counted
+        def __init__(self, *args, **kwargs):
+            parsed.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", Counting)
+    header = read_gguf_header(path)  # what convert_gguf does: one parse, then the rebuild from it
+    rebuild_spm_bpe_tokenizer(path, one, header.vocab)
+    assert len(parsed) == 1 and (header.architecture, header.name) == gguf_architecture(path) == ("gemma3", "")
+    assert header.vocab == ([p for p, _, _ in VOCAB], [s for _, s, _ in VOCAB], [t for _, _, t in VOCAB])
+    for name in ("tokenizer.json", "tokenizer_config.json"):  # same files as reading the vocabulary again
+        assert (one / name).read_bytes() == (two / name).read_bytes()
+    assert read_gguf_header(path, vocab=False).vocab is None

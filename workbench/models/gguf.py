@@ -3,15 +3,32 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ..errors import ModelNotFoundError
 
 
-def gguf_architecture(path: Path) -> tuple[str, str]:
-    """Read ``general.architecture`` and ``general.name`` from a GGUF header (fails clearly if corrupt)."""
+Vocab = tuple[list[str], list[float], list[int]]  # tokens, scores, llama.cpp token types
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    """What conversion takes from a GGUF header, parsed once: architecture, name and (when asked) the vocabulary."""
+
+    architecture: str
+    name: str
+    vocab: Vocab | None = None
+
+
+def read_gguf_header(path: Path, vocab: bool | None = None) -> GGUFHeader:
+    """Parse a GGUF header once; ``vocab``: also read its token arrays (default: when the tokenizer gets rebuilt).
+
+    A corrupt file is a ``ModelNotFoundError``. Example: ``read_gguf_header(p).architecture == "gemma3"``.
+    """
     from gguf import GGUFReader
 
     try:
@@ -25,7 +42,16 @@ def gguf_architecture(path: Path) -> tuple[str, str]:
             return ""
         return bytes(f.parts[f.data[0]]).decode("utf-8", errors="replace")
 
-    return field("general.architecture"), field("general.name")
+    arch = field("general.architecture")
+    if vocab is None:
+        vocab = arch in SPM_BPE_ARCHITECTURES
+    return GGUFHeader(arch, field("general.name"), _gguf_tokens(reader, path) if vocab else None)
+
+
+def gguf_architecture(path: Path) -> tuple[str, str]:
+    """Read ``general.architecture`` and ``general.name`` from a GGUF header (fails clearly if corrupt)."""
+    header = read_gguf_header(path, vocab=False)
+    return header.architecture, header.name
 
 
 def convert_gguf(gguf_path: Path, out_dir: Path, expected_architecture: str | None = None) -> None:
@@ -33,7 +59,8 @@ def convert_gguf(gguf_path: Path, out_dir: Path, expected_architecture: str | No
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    arch, name = gguf_architecture(gguf_path)
+    header = read_gguf_header(gguf_path)  # once: architecture, name and the vocabulary a rebuild needs
+    arch, name = header.architecture, header.name
     if expected_architecture and arch != expected_architecture:
         raise ModelNotFoundError(
             f"{gguf_path}: GGUF architecture is {arch!r} ({name!r}), expected {expected_architecture!r}"
@@ -50,7 +77,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path, expected_architecture: str | No
     save_model(model, str(out_dir / "model.safetensors"))  # handles tied embeddings
     tokenizer.save_pretrained(out_dir)
     if arch in SPM_BPE_ARCHITECTURES:
-        rebuild_spm_bpe_tokenizer(gguf_path, out_dir)
+        rebuild_spm_bpe_tokenizer(gguf_path, out_dir, header.vocab)
     (out_dir / "source.json").write_text(json.dumps({"gguf": filename, "architecture": arch, "name": name}))
 
 
@@ -64,14 +91,13 @@ SPM_BPE_ARCHITECTURES = ("gemma", "gemma2", "gemma3")
 _NORMAL, _CONTROL, _USER_DEFINED = 1, 3, 4  # llama.cpp token types
 
 
-def _gguf_tokens(gguf_path: Path) -> tuple[list[str], list[float], list[int]]:
-    """Tokens, scores and token types stored in a GGUF header."""
-    from gguf import GGUFReader
-
-    reader = GGUFReader(str(gguf_path), "r")
+def _gguf_tokens(reader: Any, gguf_path: Path) -> Vocab:
+    """Tokens, scores and token types stored in the header an open ``GGUFReader`` parsed."""
 
     def array(key: str) -> list:
-        f = reader.fields[key]
+        f = reader.fields.get(key)
+        if f is None:
+            raise ModelNotFoundError(f"{gguf_path}: the GGUF header has no {key} (needed to rebuild its tokenizer)")
         return [f.parts[i] for i in f.data]
 
     tokens = [bytes(t).decode("utf-8", errors="replace") for t in array("tokenizer.ggml.tokens")]
@@ -80,11 +106,14 @@ def _gguf_tokens(gguf_path: Path) -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def rebuild_spm_bpe_tokenizer(gguf_path: Path, out_dir: Path) -> None:
-    """Rewrite ``out_dir/tokenizer.json`` as a byte-fallback BPE whose merges follow the GGUF scores."""
+def rebuild_spm_bpe_tokenizer(gguf_path: Path, out_dir: Path, vocab: Vocab | None = None) -> None:
+    """Rewrite ``out_dir/tokenizer.json`` as a byte-fallback BPE whose merges follow the GGUF scores.
+
+    ``vocab``: the header's tokens, scores and types when already read (:func:`read_gguf_header`), else read here.
+    """
     from transformers.convert_slow_tokenizer import generate_merges
 
-    tokens, scores, types = _gguf_tokens(gguf_path)
+    tokens, scores, types = vocab if vocab is not None else read_gguf_header(gguf_path, vocab=True).vocab
     tok_path = out_dir / "tokenizer.json"
     data = json.loads(tok_path.read_text())
     if len(tokens) != len(data["model"]["vocab"]):
