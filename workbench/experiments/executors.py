@@ -116,5 +116,5 @@ def sweep_stats(result: Any) -> dict[str, Any]:
         "units_per_s_after_startup": (round(units / (elapsed - st.get("startup_s", 0.0)), 4)
                                       if units and elapsed - st.get("startup_s", 0.0) > 0 else None),
         "worker_failures": st.get("worker_failures", []),
-        "max_batch": st.get("max_batch"),  # rows per packed decode batch (None: one unit at a time, or Ray)
+        "max_batch": st.get("max_batch"),  # rows per packed decode batch, per Ray actor too (None: one unit at a time)
     }
