@@ -85,3 +85,37 @@ def test_row_steering_bad_input(tiny):
         wb.generate(tiny, PROMPTS[:1], row_steering=[spec])
     with pytest.raises(wb.WorkbenchError, match="applied to a batch of 3"):
         RowSteering.build([[spec]], 4, tiny.cfg.d_model).apply("resid_post", 1, torch.zeros(3, 2, tiny.cfg.d_model), None)
+
+
+def test_ended_rows_leave_the_batch(tiny, monkeypatch):
+    """Greedy per-row batches drop rows as they end; the tokens equal decoding every row to the end, and the bridge's."""
+    import workbench.generation as generation
+    import workbench.static_decoding as static_decoding
+
+    settings = _settings(tiny)
+    full = _packed(tiny, settings, 21, backend="plain")
+    rows = [row for setting in full for row in setting]
+    real_eos = generation.eos_token_ids(tiny)
+
+    def ends(token: int) -> set[int]:  # each row's length with ``token`` as one more end token
+        return {next((i + 1 for i, t in enumerate(row) if t == token or t in real_eos), len(row)) for row in rows}
+
+    # an end token that some rows pick early and others late (or never), so rows end at different steps
+    token = max(sorted({t for row in rows for t in row}), key=lambda t: len(ends(t)))
+    monkeypatch.setattr(generation, "eos_token_ids", lambda model: sorted(set(real_eos) | {token}))
+    monkeypatch.setattr(static_decoding, "COMPACT_SHARE", 2.0)  # never drop a row
+    kept = _packed(tiny, settings, 21, backend="plain")
+    lengths = {len(row) for setting in kept for row in setting}
+    assert len(lengths) >= 3 and max(lengths) == N, lengths
+    monkeypatch.setattr(static_decoding, "COMPACT_SHARE", 0.0)  # drop every ended row at once
+    assert _packed(tiny, settings, 21, backend="plain") == kept
+    assert _packed(tiny, settings, 21, backend="bridge") == kept
+
+
+def test_sampled_rows_equal_sampling_under_steer(tiny):
+    """Sampling with per-row steering (plain model hooks, one setting per batch) draws what ``steer`` draws."""
+    settings = _settings(tiny)
+    kw = dict(do_sample=True, temperature=1.0, seed=5)
+    for specs in (settings[1], settings[4]):
+        packed = _packed(tiny, [specs], len(PROMPTS), backend="plain", **kw)[0]
+        assert packed == _alone(tiny, specs, backend="plain", **kw)

@@ -200,13 +200,16 @@ def generate(
         batch_rows = None if rows_steering is None else rows_steering.rows(start, start + batch_size)
         if batch_rows is not None and not batch_rows:
             batch_rows = None  # no row of this batch is steered on its own
-        if use_cache and backend == "compiled":
+        packed = use_cache and plain is not None and batch_rows is not None and not do_sample and backend != "bridge"
+        if use_cache and backend == "compiled" or packed:
+            # compiled, or a greedy per-row batch: the workbench's own loop, which drops rows as they end (eager)
             gen = torch.Generator().manual_seed(seed + start) if do_sample else None
             specs = (info.active_specs if batch_rows is None
                      else [list(info.active_specs) + list(row) for row in batch_rows.specs])
             out = static_decoder_for(model).generate(
                 ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad,
                 lambda logits: _pick(logits, do_sample, temperature, top_p, gen), per_row=batch_rows is not None,
+                eager=backend != "compiled",
             )
         elif use_cache and plain is not None:
             with contextlib.ExitStack() as stack:

@@ -22,6 +22,15 @@ from .steering.compiled import SteeringSlots
 from .steering.spec import SteeringSpec
 
 BUCKET = 128  # cache lengths are rounded up to a multiple of this, so prompts of similar length share a compile
+COMPACT_SHARE = 0.125  # eager decoding drops ended rows once they are this share of the batch (or one row)
+
+
+def select_cache_rows(cache: Any, rows: Int[torch.Tensor, "keep"]) -> None:
+    """Keep only ``rows`` of a static KV cache's batch (in place), e.g. when other rows have ended."""
+    for layer in cache.layers:
+        if getattr(layer, "is_initialized", False):
+            layer.keys, layer.values = layer.keys[rows], layer.values[rows]
+            layer.max_batch_size = len(rows)
 
 
 def next_tokens(
@@ -90,26 +99,36 @@ class StaticDecoder:
         pad: int,
         pick: Callable[[torch.Tensor], torch.Tensor],
         per_row: bool = False,
+        eager: bool = False,
     ) -> Int[torch.Tensor, "batch total"]:
         """Prompt plus new tokens, each row padded with ``pad`` after its EOS (as ``transformers``' generate).
 
-        ``specs``: one list for every row, or one list per row (``per_row=True``: rows of a packed batch)."""
+        ``specs``: one list for every row, or one list per row (``per_row=True``: rows of a packed batch).
+        ``eager``: run the step uncompiled on a cache sized to this call, and drop the rows that have ended
+        from the batch as they end (:data:`COMPACT_SHARE`), so a batch whose rows end at different lengths
+        does not keep decoding finished rows. Needs a ``pick`` that treats rows alike (greedy): the rows a
+        step computes change."""
         from transformers import StaticCache
 
         batch, prompt_len = ids.shape
-        length = -(-(prompt_len + max_new_tokens) // BUCKET) * BUCKET
-        cache = self.caches.get((batch, length))
-        if cache is None:
-            cache = self.caches[(batch, length)] = StaticCache(config=self.model.config, max_cache_len=length)
+        if eager:
+            length = prompt_len + max_new_tokens
+            cache = StaticCache(config=self.model.config, max_cache_len=length)
         else:
-            cache.reset()
+            length = -(-(prompt_len + max_new_tokens) // BUCKET) * BUCKET
+            cache = self.caches.get((batch, length))
+            if cache is None:
+                cache = self.caches[(batch, length)] = StaticCache(config=self.model.config, max_cache_len=length)
+            else:
+                cache.reset()
         full_mask = torch.ones(batch, length, dtype=mask.dtype, device=mask.device)
         full_mask[:, :prompt_len] = mask
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         next_pos = positions[:, -1:] + 1
         eos_t = torch.tensor(eos, device=ids.device)
         done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
-        out = [ids]
+        tokens = torch.full((batch, max_new_tokens), pad, dtype=torch.long, device=ids.device)
+        alive = torch.arange(batch, device=ids.device)  # the original row of each row still decoding
         rows = list(specs) if per_row else [specs]
         self.slots.load_rows(rows, "prompt")
         logits = self.model(
@@ -118,15 +137,26 @@ class StaticDecoder:
             use_cache=True, logits_to_keep=1,
         ).logits[:, -1]
         self.slots.load_rows(rows, "generated")
+        n_steps = 0
         for step in range(max_new_tokens):
             nxt = next_tokens(logits, step, min_new_tokens, eos_t, done, pad, pick)
-            out.append(nxt[:, None])
+            tokens[alive, step] = nxt
+            n_steps = step + 1
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
+            if eager and int(done.sum()) >= max(1, COMPACT_SHARE * len(alive)):
+                keep = (~done).nonzero()[:, 0]
+                alive, done, nxt, full_mask, next_pos = alive[keep], done[keep], nxt[keep], full_mask[keep], next_pos[keep]
+                select_cache_rows(cache, keep)
+                self.slots.select_rows(keep)
             position = torch.tensor([prompt_len + step], device=ids.device)
-            logits = self._step(input_ids=nxt[:, None], attention_mask=full_mask, position_ids=next_pos + step,
-                                cache_position=position, past_key_values=cache).logits[:, -1]
-        return torch.cat(out, dim=1)
+            inputs = dict(input_ids=nxt[:, None], attention_mask=full_mask, position_ids=next_pos + step,
+                          cache_position=position, past_key_values=cache)
+            if eager:
+                logits = self.model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1]
+            else:
+                logits = self._step(**inputs).logits[:, -1]
+        return torch.cat([ids, tokens[:, :n_steps]], dim=1)
 
     def _step(self, **inputs: Any) -> Any:
         # a compile per batch size, length bucket and slot count: allow more than dynamo's default 8

@@ -15,6 +15,7 @@ import torch
 
 from ..errors import SteeringError, WorkbenchError
 from ..models.loading import model_info
+from .prompt_states import PromptStates, fits, response_logprobs_cached
 
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)  # words, and each punctuation mark on its own
 
@@ -57,8 +58,13 @@ def response_nlls(
     responses: Sequence[str],
     batch_size: int = 8,
     formatted: bool = False,
+    states: PromptStates | None = None,
 ) -> list[list[float]]:
-    """Per-token negative log-likelihoods of each response given its prompt (right-padded batches)."""
+    """Per-token negative log-likelihoods of each response given its prompt.
+
+    On the plain model each formatted prompt runs once and its KV cache is reused for every response to it
+    (``states``: a store kept across calls, e.g. by a sweep; default: one for this call), and responses are
+    scored in batches of similar length (:mod:`.prompt_states`); else right-padded batches on the bridge."""
     if len(prompts) != len(responses):
         raise WorkbenchError(f"{len(prompts)} prompts but {len(responses)} responses")
     hooked = active_hooks(model)
@@ -67,6 +73,12 @@ def response_nlls(
             f"the reference model has active hooks on {hooked[:3]}: score perplexity outside steer() blocks"
         )
     pairs = _encode_pairs(model, prompts, responses, formatted)
+    from ..models.plain import plain_model_for
+
+    plain = plain_model_for(model)
+    if plain is not None and pairs and fits(plain, pairs):
+        logps = response_logprobs_cached(plain, pairs, states if states is not None else PromptStates(), batch_size)
+        return [[-v for v in row] for row in logps]
     pad = model.tokenizer.pad_token_id or 0
     device = model.cfg.device
     nlls: list[list[float]] = [[] for _ in pairs]
@@ -118,9 +130,16 @@ def response_perplexities(
     responses: Sequence[str],
     batch_size: int = 8,
     formatted: bool = False,
+    states: PromptStates | None = None,
 ) -> list[float]:
-    """``exp(mean NLL)`` of each response's tokens under ``model``; NaN for an empty response."""
-    return [math.exp(sum(x) / len(x)) if x else math.nan for x in response_nlls(model, prompts, responses, batch_size, formatted)]
+    """``exp(mean NLL)`` of each response's tokens under ``model``; NaN for an empty response.
+
+    ``states``: prompt caches to reuse across calls (:class:`~.prompt_states.PromptStates`).
+
+    >>> response_perplexities(model, ["Describe a cat."], ["A cat is a small furry animal."])
+    """
+    nlls = response_nlls(model, prompts, responses, batch_size, formatted, states)
+    return [math.exp(sum(x) / len(x)) if x else math.nan for x in nlls]
 
 
 def mean_perplexity(values: Sequence[float]) -> float:

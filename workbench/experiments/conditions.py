@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from ..data import PairRow
+from ..evaluation.prompt_states import PromptStates
 from ..evaluation.quality import response_perplexities
 from ..generation import generate
 from ..models.loading import model_info
@@ -56,14 +57,17 @@ class GenerationMemo:
     max_batch: int | None = None
     pack: bool = True  # False: generate_many decodes request after request (the pre-packing path)
     scored: dict[str, list[float]] = field(default_factory=dict)
+    prompt_states: dict[str, PromptStates] = field(default_factory=dict)  # per scoring model: prompt KV caches
 
     def perplexities(self, reference: Any, prompts: Sequence[str], responses: Sequence[str], batch_size: int) -> list[float]:
         """``response_perplexities`` of the whole call, computed once per run: the unsteered no-instruction responses
-        of every format instruction are the same texts, scored once. Only a whole repeated call is reused, so every
-        value is computed in the same batches as without the memo."""
-        key = hashlib.sha256(json.dumps([model_info(reference).name, batch_size, list(prompts), list(responses)]).encode()).hexdigest()
+        of every format instruction are the same texts, scored once. Each prompt's KV cache is kept for the run
+        (:class:`~workbench.evaluation.prompt_states.PromptStates`): a prompt runs once however many cells score it."""
+        name = model_info(reference).name
+        key = hashlib.sha256(json.dumps([name, batch_size, list(prompts), list(responses)]).encode()).hexdigest()
         if key not in self.scored:
-            self.scored[key] = response_perplexities(reference, prompts, responses, batch_size=batch_size)
+            states = self.prompt_states.setdefault(name, PromptStates())
+            self.scored[key] = response_perplexities(reference, prompts, responses, batch_size=batch_size, states=states)
         return list(self.scored[key])
 
     def generate_many(self, requests: Sequence[tuple[Sequence[str], Sequence[SteeringSpec]]],

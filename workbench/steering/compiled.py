@@ -61,6 +61,12 @@ class SteeringSlots:
                     table["g"][spec.layer, slot, i, 0] = gain
                     table["t"][spec.layer, slot, i, 0] = target
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep the slot rows of the batch rows ``rows`` (decoding dropped the others); tables shared by all rows stay."""
+        for hook, table in self.tables.items():
+            if table["a"].shape[2] > 1:
+                self.tables[hook] = {name: tensor[:, :, rows] for name, tensor in table.items()}
+
     def apply(self, hook: str, layer: int, x: Float[torch.Tensor, "batch pos d_model"]) -> torch.Tensor:
         table = self.tables[hook]
         for slot in range(table["a"].shape[1]):

@@ -1,0 +1,174 @@
+"""Response log-probabilities that reuse each prompt's KV cache: a sweep scores many responses to one prompt.
+
+The perplexity of a steered response is measured under the unsteered model, given its prompt. A sweep asks for
+it once per (layer, strength) cell, so the same validation prompt is run again and again; here each formatted
+prompt runs once (alone, so its cache does not depend on which batch asked first) and its KV cache and
+next-token log-probabilities are kept, in a store bounded in bytes. Responses are then scored in batches of
+similar length on top of the cached prompts: prompt tokens and most padding are never recomputed. Example::
+
+    states = PromptStates()
+    logp = response_logprobs_cached(plain_model, [(prompt_ids, response_ids), ...], states, batch_size=20)
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float
+
+MAX_PAD_SHARE = 0.2  # a scoring batch grows while its padding stays under this share of its response tokens
+
+
+@dataclass
+class PromptState:
+    """One prompt's KV cache (``[(keys, values)]`` per layer, each ``[1, kv_heads, prompt, d_head]``) and the
+    log-probabilities of the token after it (``[vocab]``)."""
+
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+    next_logprobs: Float[torch.Tensor, "vocab"]
+
+    @property
+    def length(self) -> int:
+        return int(self.kv[0][0].shape[2])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(k.nbytes + v.nbytes for k, v in self.kv) + self.next_logprobs.nbytes
+
+
+@dataclass
+class PromptStates:
+    """Prompt states of one model, by token ids, least recently used dropped beyond ``max_bytes``."""
+
+    max_bytes: int = 1 << 30
+    entries: OrderedDict = field(default_factory=OrderedDict)
+    nbytes: int = 0
+    runs: int = 0  # prompts run (misses)
+
+    def get(self, plain: Any, prompt: Sequence[int]) -> PromptState:
+        """The state of one prompt, run now if it is not kept."""
+        key = tuple(prompt)
+        if key not in self.entries:
+            self.fill(plain, [key], 1)
+        self.entries.move_to_end(key)
+        return self.entries[key]
+
+    def fill(self, plain: Any, prompts: Sequence[Sequence[int]], batch_size: int) -> None:
+        """Run the prompts not kept yet, ``batch_size`` at a time, and keep them."""
+        missing = list(dict.fromkeys(tuple(p) for p in prompts if tuple(p) not in self.entries))
+        for start in range(0, len(missing), batch_size):
+            for key, state in zip(missing[start:start + batch_size], _run_prompts(plain, missing[start:start + batch_size])):
+                self.runs += 1
+                self.entries[key] = state
+                self.nbytes += state.nbytes
+        while self.nbytes > self.max_bytes and len(self.entries) > 1:
+            _, old = self.entries.popitem(last=False)
+            self.nbytes -= old.nbytes
+
+
+def fits(plain: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> bool:
+    """Whether prompt caches can be reused on ``plain``: a standard per-layer KV cache, and no prompt plus response
+    as long as a sliding attention window (whose cache would drop the prompt's first tokens)."""
+    from transformers import DynamicCache
+
+    config = plain.config.get_text_config() if hasattr(plain.config, "get_text_config") else plain.config
+    window = getattr(config, "sliding_window", None)
+    longest = max((len(p) + len(r) for p, r in pairs), default=0)
+    if window is not None and longest >= int(window):
+        return False
+    try:
+        cache = DynamicCache(config=plain.config)
+    except Exception:  # noqa: BLE001 - an architecture whose cache cannot be built from its config
+        return False
+    return len(cache.layers) == int(config.num_hidden_layers)
+
+
+def _run_prompts(plain: Any, prompts: Sequence[tuple[int, ...]]) -> list[PromptState]:
+    """Left-padded, so every prompt ends at the last position (one logits row each); pads are masked out and
+    positions count from each prompt's first token, so a prompt's cache is what it would be alone."""
+    device = next(plain.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for j, p in enumerate(prompts):
+        ids[j, width - len(p):] = torch.tensor(p, device=device)
+        mask[j, width - len(p):] = 1
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    out = plain(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    layers = out.past_key_values.layers
+    return [PromptState(kv=[(layer.keys[j:j + 1, :, width - len(p):].clone(), layer.values[j:j + 1, :, width - len(p):].clone())
+                            for layer in layers], next_logprobs=logprobs[j].clone())
+            for j, p in enumerate(prompts)]
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, max_pad_share: float = MAX_PAD_SHARE) -> list[list[int]]:
+    """Indices of ``lengths`` grouped longest first into batches of at most ``batch_size`` whose padding to their
+    longest member stays within ``max_pad_share`` of their tokens (a lone row is always its own batch)."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    total = 0
+    for i in order:
+        if batches and len(batches[-1]) < batch_size:
+            width = lengths[batches[-1][0]]
+            if width * (len(batches[-1]) + 1) - (total + lengths[i]) <= max_pad_share * (total + lengths[i]):
+                batches[-1].append(i)
+                total += lengths[i]
+                continue
+        batches.append([i])
+        total = lengths[i]
+    return batches
+
+
+@torch.no_grad()
+def response_logprobs_cached(
+    plain: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], states: PromptStates, batch_size: int,
+) -> list[list[float]]:
+    """``log p(response token | prompt, earlier response tokens)`` for every token of each (prompt ids, response
+    ids) pair, on the prompts' cached states; an empty response gives ``[]``."""
+    from transformers import DynamicCache
+
+    device = next(plain.parameters()).device
+    out: list[list[float]] = [[] for _ in pairs]
+    scored = [i for i, (_, r) in enumerate(pairs) if r]
+    states.fill(plain, [pairs[i][0] for i in scored], batch_size)
+    for batch in length_batches([len(pairs[i][1]) for i in scored], batch_size):
+        idx = [scored[j] for j in batch]
+        prompts = [states.get(plain, pairs[i][0]) for i in idx]
+        responses = [list(pairs[i][1]) for i in idx]
+        width = max(s.length for s in prompts)
+        r_width = max(len(r) for r in responses)
+        n = len(idx)
+        mask = torch.zeros(n, width + r_width, dtype=torch.long, device=device)
+        ids = torch.zeros(n, r_width, dtype=torch.long, device=device)
+        positions = torch.zeros(n, r_width, dtype=torch.long, device=device)
+        for j, (state, resp) in enumerate(zip(prompts, responses)):
+            mask[j, width - state.length : width + len(resp)] = 1
+            ids[j, : len(resp)] = torch.tensor(resp, device=device)
+            positions[j] = state.length + torch.arange(r_width, device=device)
+        first = torch.stack([s.next_logprobs for s in prompts])  # [n, vocab]
+        first = first.gather(1, ids[:, :1])[:, 0]
+        rest = torch.zeros(n, max(r_width - 1, 0), device=device)
+        if r_width > 1:
+            cache = DynamicCache(config=plain.config)
+            for layer in range(len(prompts[0].kv)):
+                keys = [_left_pad(s.kv[layer][0], width) for s in prompts]
+                values = [_left_pad(s.kv[layer][1], width) for s in prompts]
+                cache.update(torch.cat(keys), torch.cat(values), layer)
+            keep = torch.arange(r_width - 1, device=device)
+            logits = plain(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                           use_cache=True, logits_to_keep=keep).logits.float()
+            rest = logits.gather(-1, ids[:, 1:, None])[..., 0] - torch.logsumexp(logits, dim=-1)
+        for j, (i, resp) in enumerate(zip(idx, responses)):
+            out[i] = [float(first[j])] + rest[j, : len(resp) - 1].tolist()
+    return out
+
+
+def _left_pad(x: torch.Tensor, width: int) -> torch.Tensor:
+    """``[1, heads, length, d]`` padded with zeros on the left of the positions to ``width``."""
+    if x.shape[2] == width:
+        return x
+    return torch.cat([x.new_zeros(x.shape[0], x.shape[1], width - x.shape[2], x.shape[3]), x], dim=2)
