@@ -89,6 +89,11 @@ def test_bad_sweep_settings_fail_before_any_work(tiny, targets, tmp_path):
     with pytest.raises((ShapeError, WorkbenchError), match="d_model"):
         run_sweep(tiny, [other], SETTINGS, tmp_path / "s.jsonl")
     assert not (tmp_path / "s.jsonl").exists() or not (tmp_path / "s.jsonl").read_text()
+    # the memo decodes, so its packing must be the settings' (one switch, not two that may disagree)
+    memo = GenerationMemo(tiny, SETTINGS.max_new_tokens, SETTINGS.batch_size, pack=False)
+    with pytest.raises(WorkbenchError, match=r"memo packs with \(pack=False"):
+        run_sweep(tiny, targets, SETTINGS, tmp_path / "m.jsonl", memo=memo)
+    assert memo.calls == 0
 
 
 def test_fast_search_decodes_only_the_shortlisted_layers(tiny, targets, tmp_path, one_thread):

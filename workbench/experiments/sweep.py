@@ -201,6 +201,9 @@ def run_sweep(
     if memo is None:
         memo = GenerationMemo(model, settings.max_new_tokens, settings.batch_size, settings.seed, max_batch=settings.max_batch,
                               pack=settings.pack)
+    elif (memo.pack, memo.max_batch) != (settings.pack, settings.max_batch):
+        raise WorkbenchError(f"run_sweep: the memo packs with (pack={memo.pack}, max_batch={memo.max_batch}) but the settings "
+                             f"say (pack={settings.pack}, max_batch={settings.max_batch}); build the memo from the settings")
     store = UnitStore(path)
     done = store.load()
     layers_for, scores = None, []
@@ -217,7 +220,7 @@ def run_sweep(
     units = plan_units(model, targets, settings, reference, layers_for)
     n_keys = len({u.key for u in units})
     pending = list({u.key: u for u in units if u.key not in done}.values())  # each key once, in plan order
-    max_batch = (settings.max_batch or pack_size(model)) if settings.pack else None
+    max_batch = (memo.max_batch or pack_size(model)) if memo.pack else None  # the memo decodes: its packing is the job's
     job = SweepJob(model=model, reference=reference, batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens,
                    seed=settings.seed, memo=memo, max_batch=max_batch, total=n_keys, done=n_keys - len(pending))
     run = 0

@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 from jaxtyping import Float
 
-from .rows import PHASES
+from .rows import PHASES, write_slot
 from .spec import SteeringSpec, shift
 
 
@@ -54,12 +54,8 @@ class SteeringSlots:
                     slot = used[spec.layer] = used.get(spec.layer, -1) + 1
                     if spec.positions not in PHASES[phase]:
                         continue
-                    u = spec.unit.to(device=self.device, dtype=self.dtype)
-                    coeff, gain, target = spec.coefficients()
-                    table["u"][spec.layer, slot, i, 0] = u
-                    table["a"][spec.layer, slot, i, 0] = coeff * u
-                    table["g"][spec.layer, slot, i, 0] = gain
-                    table["t"][spec.layer, slot, i, 0] = target
+                    at = (spec.layer, slot, i)
+                    write_slot(spec, table["a"][at], table["u"][at], table["g"][at], table["t"][at])
 
     def select_rows(self, rows: torch.Tensor) -> None:
         """Keep the slot rows of the batch rows ``rows`` (decoding dropped the others); tables shared by all rows stay."""

@@ -24,6 +24,16 @@ POSITION_CODES = {"all": 0, "prompt": 1, "generated": 2}
 PHASES = {"prompt": ("all", "prompt"), "generated": ("all", "generated")}  # spec positions acting in each phase
 
 
+def write_slot(spec: SteeringSpec, a: torch.Tensor, u: torch.Tensor, g: torch.Tensor, t: torch.Tensor) -> None:
+    """Write one spec into the slot views ``a, u: [1, d]`` and ``g, t: [1]`` read by :func:`~.spec.shift`
+    (the per-row tables here and the compiled step's tables share it)."""
+    unit = spec.unit.to(device=u.device, dtype=u.dtype)
+    coeff, gain, target = spec.coefficients()
+    u[0] = unit
+    a[0] = coeff * unit
+    g[0], t[0] = gain, target
+
+
 @dataclass
 class SlotTable:
     """The ``K`` slots of one site for ``B`` rows: ``a, u: [K, B, 1, d]``, ``g, t: [K, B, 1]``, ``code: [K, B]``
@@ -95,11 +105,7 @@ class RowSteering:
             code = torch.full((k, b), -1, dtype=torch.int8, device=device)
             for i, specs in enumerate(per_row):
                 for slot, spec in enumerate(specs):
-                    unit = spec.unit.to(device=device, dtype=dtype)
-                    coeff, gain, target = spec.coefficients()
-                    u[slot, i, 0] = unit
-                    a[slot, i, 0] = coeff * unit
-                    g[slot, i, 0], t[slot, i, 0] = gain, target
+                    write_slot(spec, a[slot, i], u[slot, i], g[slot, i], t[slot, i])
                     code[slot, i] = POSITION_CODES[spec.positions]
             self._tables[key] = SlotTable(a, u, g, t, code)
         return self._tables[key]
