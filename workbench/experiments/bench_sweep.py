@@ -25,6 +25,7 @@ from ..directions import compute_direction
 from ..generation import generate
 from ..io import write_json_atomic
 from ..models import load_model, model_info
+from .conditions import GenerationMemo
 from .config import cpu_threads
 from .store import UnitStore
 from .sweep import SweepSettings, SweepTarget, default_layers, run_sweep
@@ -79,7 +80,8 @@ def _bench(model, instruction, layers, strengths, n_train, n_val, max_new_tokens
             path = Path(tmp) / f"{VARIANTS.index(name)}.jsonl"
             load_start = _load()
             start = time.perf_counter()
-            result = run_sweep(model, [target], s, path, say=lambda line: None)
+            memo = GenerationMemo(model, s.max_new_tokens, s.batch_size, s.seed, max_batch=s.max_batch, pack=s.pack)
+            result = run_sweep(model, [target], s, path, memo=memo, say=lambda line: None)
             seconds = time.perf_counter() - start
             records[name] = UnitStore(path).load()
             sel = result.selection.get(instruction)
@@ -88,6 +90,7 @@ def _bench(model, instruction, layers, strengths, n_train, n_val, max_new_tokens
                          "selection": None if sel is None else {"layer": sel["layer"], "coeff": sel["coeff"],
                                                                 "accuracy": sel["accuracy"]},
                          "decoded_layers": sorted({r["layer"] for r in result.records}),
+                         "decode_s": round(memo.seconds["decode"], 2), "perplexity_s": round(memo.seconds["perplexity"], 2),
                          "load_average": [load_start, _load()]})
             say(f"  {name}: {result.units_run} units in {seconds:.1f} s ({rows[-1]['units_per_s']:.3g} units/s); "
                 f"selected {rows[-1]['selection']}")
@@ -133,15 +136,16 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{report['instruction']}`, project mode, layers {report['layers']} x strengths {report['strengths']}, "
         f"{report['n_val']} validation prompts, {report['max_new_tokens']} new tokens, units of {report['unit_size']} prompts.",
         "",
-        "| variant | units decoded | seconds | units/s | units/s vs one at a time | wall time vs one at a time | selection (layer, strength, validation accuracy) | same selection | load average (start, end) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | units decoded | seconds | of which decoding, perplexity | units/s | units/s vs one at a time | wall time vs one at a time | selection (layer, strength, validation accuracy) | same selection | load average (start, end) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         sel = r["selection"]
         cell = "none" if sel is None else f"L{sel['layer']}, {sel['coeff']:g}, {sel['accuracy']:.0%}"
         batch = f" (max batch {r['max_batch']})" if r["max_batch"] else ""
+        split = f"{r['decode_s']:.0f}, {r['perplexity_s']:.0f}" if "decode_s" in r else "-"
         lines.append(f"| {r['variant']}{batch} | {r['units']} | "
-                     f"{r['seconds']:.0f} | {r['units_per_s']:.3g} | {r['units_per_s_ratio']:.2f}x | {r['wall_ratio']:.2f}x | "
+                     f"{r['seconds']:.0f} | {split} | {r['units_per_s']:.3g} | {r['units_per_s_ratio']:.2f}x | {r['wall_ratio']:.2f}x | "
                      f"{cell} | {'yes' if r['same_selection'] else 'no'} | {r['load_average'][0]}, {r['load_average'][1]} |")
     lines += ["", f"Packed responses identical to one-at-a-time, token for token: {same['same']}/{same['total']}."]
     return "\n".join(lines)

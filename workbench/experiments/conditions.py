@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -58,6 +59,7 @@ class GenerationMemo:
     pack: bool = True  # False: generate_many decodes request after request (the pre-packing path)
     scored: dict[str, list[float]] = field(default_factory=dict)
     prompt_states: dict[str, PromptStates] = field(default_factory=dict)  # per scoring model: prompt KV caches
+    seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "perplexity": 0.0})  # time spent in each
 
     def perplexities(self, reference: Any, prompts: Sequence[str], responses: Sequence[str], batch_size: int) -> list[float]:
         """``response_perplexities`` of the whole call, computed once per run: the unsteered no-instruction responses
@@ -67,7 +69,9 @@ class GenerationMemo:
         key = hashlib.sha256(json.dumps([name, batch_size, list(prompts), list(responses)]).encode()).hexdigest()
         if key not in self.scored:
             states = self.prompt_states.setdefault(name, PromptStates())
+            t0 = time.perf_counter()
             self.scored[key] = response_perplexities(reference, prompts, responses, batch_size=batch_size, states=states)
+            self.seconds["perplexity"] += time.perf_counter() - t0
         return list(self.scored[key])
 
     def generate_many(self, requests: Sequence[tuple[Sequence[str], Sequence[SteeringSpec]]],
@@ -85,8 +89,10 @@ class GenerationMemo:
         if missing:
             self.calls += 1
             rows = list(missing.values())
+            t0 = time.perf_counter()
             out = generate(self.model, [p for p, _ in rows], max_new_tokens=n_tokens, seed=self.seed,
                            batch_size=self.max_batch or pack_size(self.model), row_steering=[s for _, s in rows])
+            self.seconds["decode"] += time.perf_counter() - t0
             self.cache.update(zip(missing, out))
         return [[self.cache[(key, n_tokens, p)] for p in prompts] for key, (prompts, _) in zip(keys, requests)]
 
@@ -98,11 +104,13 @@ class GenerationMemo:
         if missing:
             self.calls += 1
             kw = dict(max_new_tokens=n_tokens, batch_size=self.batch_size, seed=self.seed)
+            t0 = time.perf_counter()
             if specs:
                 with steer(self.model, *specs):
                     out = generate(self.model, missing, **kw)
             else:
                 out = generate(self.model, missing, **kw)
+            self.seconds["decode"] += time.perf_counter() - t0
             self.cache.update({(key, n_tokens, p): r for p, r in zip(missing, out)})
         return [self.cache[(key, n_tokens, p)] for p in prompts]
 
