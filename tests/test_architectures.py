@@ -76,3 +76,25 @@ def test_models_check_cli(twin_dir, capsys):
     lines = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:] if line.strip()}
     assert rc == 0, out
     assert lines == {"reference": "info", "bridge": "pass", "plain": "pass", "compiled": "info", "extraction": "pass"}
+
+
+@pytest.mark.parametrize("family", list(TWINS))
+def test_packed_rows_match_each_setting_alone(twin_dir, family):
+    """Greedy per-row batches (the workbench's own decode loop, static cache, ended rows dropped) give every
+    twin's tokens decoded under ``steer`` alone: sliding windows shorter than the prompts, soft-capping, biases."""
+    model = wb.load_model(str(twin_dir[family]), device="cpu")
+    acts = wb.collect_activations(model, CHECK_PROMPTS, layers=[1], progress=False)[:, 0]
+    unit = acts.mean(0) / acts.mean(0).norm()
+    settings = [[], [wb.SteeringSpec(unit=unit, layer=1, coeff=8.0)],
+                [wb.SteeringSpec(unit=unit, layer=1, mode="project", target=-float(acts.mean(0).norm()), positions="prompt")]]
+    alone = []
+    for specs in settings:
+        with wb.steer(model, *specs) if specs else torch.no_grad():
+            alone.append(wb.generate(model, CHECK_PROMPTS, max_new_tokens=N_NEW, batch_size=len(CHECK_PROMPTS),
+                                     return_tokens=True, backend="bridge"))
+    assert len({str(a) for a in alone}) == len(settings), "the settings should steer differently"
+    prompts = [p for _ in settings for p in CHECK_PROMPTS]
+    rows = [s for s in settings for _ in CHECK_PROMPTS]
+    packed = wb.generate(model, prompts, max_new_tokens=N_NEW, batch_size=len(prompts), return_tokens=True, row_steering=rows)
+    n = len(CHECK_PROMPTS)
+    assert [packed[i * n:(i + 1) * n] for i in range(len(settings))] == alone
