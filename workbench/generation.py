@@ -200,7 +200,7 @@ def generate(
         batch_rows = None if rows_steering is None else rows_steering.rows(start, start + batch_size)
         if batch_rows is not None and not batch_rows:
             batch_rows = None  # no row of this batch is steered on its own
-        packed = use_cache and plain is not None and batch_rows is not None and not do_sample and backend != "bridge"
+        packed = use_cache and plain is not None and batch_rows is not None and not do_sample  # (plain is None on "bridge")
         if use_cache and backend == "compiled" or packed:
             # compiled, or a greedy per-row batch: the workbench's own loop, which drops rows as they end (eager)
             gen = torch.Generator().manual_seed(seed + start) if do_sample else None

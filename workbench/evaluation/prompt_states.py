@@ -2,8 +2,8 @@
 
 The perplexity of a steered response is measured under the unsteered model, given its prompt. A sweep asks for
 it once per (layer, strength) cell, so the same validation prompt is run again and again; here each formatted
-prompt runs once (alone, so its cache does not depend on which batch asked first) and its KV cache and
-next-token log-probabilities are kept, in a store bounded in bytes. Responses are then scored in batches of
+prompt runs once (left-padded in a batch of the prompts not kept yet, positions counted from its own first
+token) and its KV cache and next-token log-probabilities are kept, in a store bounded in bytes. Responses are then scored in batches of
 similar length on top of the cached prompts: prompt tokens and most padding are never recomputed. Example::
 
     states = PromptStates()

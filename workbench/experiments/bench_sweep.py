@@ -25,7 +25,6 @@ from ..directions import compute_direction
 from ..generation import generate
 from ..io import write_json_atomic
 from ..models import load_model, model_info
-from .conditions import GenerationMemo
 from .config import cpu_threads
 from .store import UnitStore
 from .sweep import SweepSettings, SweepTarget, default_layers, run_sweep
@@ -80,7 +79,7 @@ def _bench(model, instruction, layers, strengths, n_train, n_val, max_new_tokens
             path = Path(tmp) / f"{VARIANTS.index(name)}.jsonl"
             load_start = _load()
             start = time.perf_counter()
-            memo = GenerationMemo(model, s.max_new_tokens, s.batch_size, s.seed, max_batch=s.max_batch, pack=s.pack)
+            memo = s.new_memo(model)
             result = run_sweep(model, [target], s, path, memo=memo, say=lambda line: None)
             seconds = time.perf_counter() - start
             records[name] = UnitStore(path).load()

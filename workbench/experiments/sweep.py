@@ -111,6 +111,10 @@ class SweepSettings:
                                            or self.max_batch < 1):
             raise WorkbenchError(f"max_batch must be a positive integer, got {self.max_batch!r}")
 
+    def new_memo(self, model: Any) -> GenerationMemo:
+        """An empty generation memo that decodes and packs as these settings say (what :func:`run_sweep` expects)."""
+        return GenerationMemo(model, self.max_new_tokens, self.batch_size, self.seed, max_batch=self.max_batch, pack=self.pack)
+
 
 @dataclass
 class SweepResult:
@@ -199,8 +203,7 @@ def run_sweep(
     """
     reference = model if reference is None else reference
     if memo is None:
-        memo = GenerationMemo(model, settings.max_new_tokens, settings.batch_size, settings.seed, max_batch=settings.max_batch,
-                              pack=settings.pack)
+        memo = settings.new_memo(model)
     elif (memo.pack, memo.max_batch) != (settings.pack, settings.max_batch):
         raise WorkbenchError(f"run_sweep: the memo packs with (pack={memo.pack}, max_batch={memo.max_batch}) but the settings "
                              f"say (pack={settings.pack}, max_batch={settings.max_batch}); build the memo from the settings")
