@@ -17,9 +17,9 @@ def test_bench_sweep_reports_identical_packed_responses(tmp_path, one_thread):
     assert one["units"] == packed["units"] == 2 + 2 * 2  # unsteered baseline, then 2 layers x 1 strength, 2 units each
     assert fast["units"] == 2 + 2 and len(fast["decoded_layers"]) == 1  # the baseline and the one layer kept
     assert report["identical_responses"] == {"same": 4 * 3, "total": 4 * 3}  # greedy packed rows equal their units alone
-    assert packed["same_selection"] and one["max_batch"] is None and packed["max_batch"] == 80
+    assert packed["same_selection"] and one["max_batch"] is None and packed["max_batch"] == 160
     for r in rows.values():
         # parts of the variant's wall time (seconds is rounded to 0.1, the parts to 0.01)
         assert r["decode_s"] > 0 and r["perplexity_s"] > 0 and r["decode_s"] + r["perplexity_s"] <= r["seconds"] + 0.06
     assert json.loads(out.read_text())["rows"][1]["variant"] == VARIANTS[1]
-    assert "| packed (max batch 80) | 6 |" in markdown(report)
+    assert "| packed (max batch 160) | 6 |" in markdown(report)

@@ -15,7 +15,8 @@ from .models.backends import GENERATION_BACKENDS, check_backend
 from .models.loading import model_info
 from .models.prompts import ContextLengthError
 from .models.plain import plain_model_for
-from .static_decoding import next_tokens, static_decoder_for
+from .models.from_layer import LayerStart, first_changed_layer
+from .static_decoding import Capture, next_tokens, static_decoder_for
 from .steering.bridge import steer_rows
 from .steering.plain import hf_steer, hf_steer_rows
 from .steering.rows import RowSteering
@@ -113,6 +114,7 @@ def generate(
     truncate: str | None = None,
     parse_special_tokens: bool = False,
     row_steering: Sequence[Sequence[SteeringSpec]] | None = None,
+    unsteered_states: list | None = None,
 ) -> list[str] | list[list[int]]:
     """Generate a response for each user text (prompt excluded from the output).
 
@@ -140,6 +142,11 @@ def generate(
     ``row_steering``: one list of :class:`~workbench.steering.SteeringSpec` per prompt, applied to that
     prompt's row only (after any open ``steer`` block's): several sweep units decode in one batch, each
     row with its own direction, layer, mode, strength and positions (:mod:`workbench.steering.rows`).
+
+    ``unsteered_states``: a list to fill with one :class:`~workbench.models.from_layer.LayerStart` or ``None``
+    per prompt: for greedy ``row_steering`` rows on the plain path, the residual stream entering the first layer
+    their steering changes, at each generated token fed back. It is the unsteered model's there, so the
+    response's perplexity can be scored from that layer on (:func:`~workbench.evaluation.quality.response_nlls`).
 
     >>> generate(model, ["Describe a rainy afternoon."], max_new_tokens=32)
     """
@@ -201,15 +208,18 @@ def generate(
         if batch_rows is not None and not batch_rows:
             batch_rows = None  # no row of this batch is steered on its own
         packed = use_cache and plain is not None and batch_rows is not None and not do_sample  # (plain is None on "bridge")
+        capture = None
         if use_cache and backend == "compiled" or packed:
             # compiled, or a greedy per-row batch: the workbench's own loop, which drops rows as they end (eager)
             gen = torch.Generator().manual_seed(seed + start) if do_sample else None
             specs = (info.active_specs if batch_rows is None
                      else [list(info.active_specs) + list(row) for row in batch_rows.specs])
+            if packed and backend != "compiled" and unsteered_states is not None:
+                capture = Capture([first_changed_layer(row) for row in specs])
             out = static_decoder_for(model).generate(
                 ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad,
                 lambda logits: _pick(logits, do_sample, temperature, top_p, gen), per_row=batch_rows is not None,
-                eager=backend != "compiled",
+                eager=backend != "compiled", capture=capture,
             )
         elif use_cache and plain is not None:
             with contextlib.ExitStack() as stack:
@@ -229,9 +239,13 @@ def generate(
                         model, ids, mask, max_new_tokens, min_new_tokens, eos, pad, do_sample, temperature, top_p,
                         seed + start,
                     )
-        for row in out[:, prompt_len:].tolist():
+        for j, row in enumerate(out[:, prompt_len:].tolist()):
             cut = next((i for i, t in enumerate(row) if t in eos), len(row))
             results.append(row[:cut])
+            if unsteered_states is not None:
+                layer = None if capture is None else capture.layers[j]
+                unsteered_states.append(None if layer is None or layer < 1 else LayerStart(
+                    layer, capture.hidden[j, : max(cut - 1, 0)].clone(), tuple(row[:cut])))
     if return_tokens:
         return results
     return [tok.decode(r, skip_special_tokens=True) for r in results]

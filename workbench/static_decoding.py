@@ -9,8 +9,9 @@ compiles again (about 40 s for SmolLM2 on 2 CPU cores; later processes reuse ind
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -44,6 +45,44 @@ def next_tokens(
     nxt = torch.where(done, torch.full_like(done, pad, dtype=torch.long), pick(logits))
     done |= torch.isin(nxt, eos)
     return nxt
+
+
+@dataclass
+class Capture:
+    """What an eager :meth:`StaticDecoder.generate` records for each row: the raw (unsteered) input of decoder
+    layer ``layers[row]`` at every token fed back (``hidden[row, step]``: the token generated at ``step``);
+    ``None``: nothing for that row. Used to score responses under the unsteered model from that layer on."""
+
+    layers: Sequence[int | None]
+    hidden: Float[torch.Tensor, "batch new d_model"] | None = None
+    step: int | None = None  # the decoding step being computed (None during the prompt)
+    alive: torch.Tensor | None = None  # the original row of each row still decoding
+
+
+@contextlib.contextmanager
+def capturing(blocks: torch.nn.ModuleList, capture: Capture, batch: int, max_new_tokens: int,
+              d_model: int, dtype: torch.dtype, device: torch.device) -> Iterator[None]:
+    """Hooks that fill ``capture.hidden`` before any steering of the layer they watch runs (prepended)."""
+    want = torch.tensor([-1 if k is None else int(k) for k in capture.layers], device=device)
+    capture.hidden = torch.zeros(batch, max_new_tokens, d_model, dtype=dtype, device=device)
+
+    def watch(layer: int):
+        def fn(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            if capture.step is None:
+                return
+            sel = want[capture.alive] == layer + 1
+            if bool(sel.any()):
+                capture.hidden[capture.alive[sel], capture.step] = layer_output(output)[sel, -1].to(dtype)
+
+        return fn
+
+    handles = [blocks[k - 1].register_forward_hook(watch(k - 1), prepend=True)
+               for k in sorted({int(k) for k in capture.layers if k is not None and k > 0})]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @dataclass
@@ -100,6 +139,7 @@ class StaticDecoder:
         pick: Callable[[torch.Tensor], torch.Tensor],
         per_row: bool = False,
         eager: bool = False,
+        capture: Capture | None = None,
     ) -> Int[torch.Tensor, "batch total"]:
         """Prompt plus new tokens, each row padded with ``pad`` after its EOS (as ``transformers``' generate).
 
@@ -107,7 +147,19 @@ class StaticDecoder:
         ``eager``: run the step uncompiled on a cache sized to this call, and drop the rows that have ended
         from the batch as they end (:data:`COMPACT_SHARE`), so a batch whose rows end at different lengths
         does not keep decoding finished rows. Needs a ``pick`` that treats rows alike (greedy): the rows a
-        step computes change."""
+        step computes change. ``capture`` (eager only): record each row's unsteered input to a layer at every
+        token fed back (:class:`Capture`)."""
+        if capture is None:
+            return self._generate(ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad, pick, per_row, eager, None)
+        if not eager:
+            raise WorkbenchError("StaticDecoder.generate: capture needs eager=True")
+        ref = next(self.model.parameters())
+        with capturing(decoder_layers(self.model), capture, ids.shape[0], max_new_tokens, self.slots.d_model,
+                       ref.dtype, ids.device):
+            return self._generate(ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad, pick, per_row, eager,
+                                  capture)
+
+    def _generate(self, ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad, pick, per_row, eager, capture):
         from transformers import StaticCache
 
         batch, prompt_len = ids.shape
@@ -149,6 +201,8 @@ class StaticDecoder:
                 alive, done, nxt, full_mask, next_pos = alive[keep], done[keep], nxt[keep], full_mask[keep], next_pos[keep]
                 select_cache_rows(cache, keep)
                 self.slots.select_rows(keep)
+            if capture is not None:
+                capture.step, capture.alive = step, alive
             position = torch.tensor([prompt_len + step], device=ids.device)
             inputs = dict(input_ids=nxt[:, None], attention_mask=full_mask, position_ids=next_pos + step,
                           cache_position=position, past_key_values=cache)
@@ -156,6 +210,8 @@ class StaticDecoder:
                 logits = self.model(**inputs, use_cache=True, logits_to_keep=1).logits[:, -1]
             else:
                 logits = self._step(**inputs).logits[:, -1]
+        if capture is not None:
+            capture.step = capture.alive = None
         return torch.cat([ids, tokens[:, :n_steps]], dim=1)
 
     def _step(self, **inputs: Any) -> Any:

@@ -12,12 +12,15 @@ similar length on top of the cached prompts: prompt tokens and most padding are 
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
 from jaxtyping import Float
+
+from ..models.from_layer import LayerStart, from_layer
 
 MAX_PAD_SHARE = 0.2  # a scoring batch grows while its padding stays under this share of its response tokens
 
@@ -47,6 +50,7 @@ class PromptStates:
     entries: OrderedDict = field(default_factory=OrderedDict)
     nbytes: int = 0
     runs: int = 0  # prompts run (misses)
+    resumed: int = 0  # responses scored from a steered decode's hidden states (a LayerStart), not from the embeddings
 
     def get(self, plain: Any, prompt: Sequence[int]) -> PromptState:
         """The state of one prompt, run now if it is not kept."""
@@ -123,20 +127,40 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_pad_share: float
     return batches
 
 
+def usable_start(start: LayerStart | None, response: Sequence[int]) -> int:
+    """The layer a response can be scored from with ``start`` (0: from the embeddings): ``start`` must have been
+    recorded for these very tokens (the response's ids are its tokens, or the first of them)."""
+    if start is None or not response or tuple(response) != tuple(start.tokens[: len(response)]):
+        return 0
+    if start.hidden.shape[0] < len(response) - 1:
+        return 0
+    return int(start.layer)
+
+
 @torch.no_grad()
 def response_logprobs_cached(
     plain: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], states: PromptStates, batch_size: int,
+    starts: Sequence[LayerStart | None] | None = None,
 ) -> list[list[float]]:
     """``log p(response token | prompt, earlier response tokens)`` for every token of each (prompt ids, response
-    ids) pair, on the prompts' cached states; an empty response gives ``[]``."""
+    ids) pair, on the prompts' cached states; an empty response gives ``[]``.
+
+    ``starts``: per pair, the unsteered residual stream a steered decode computed for the response's tokens
+    (:class:`~workbench.models.from_layer.LayerStart`); that pair's layers before ``start.layer`` are not run
+    again. A start recorded for other tokens is ignored."""
     from transformers import DynamicCache
 
     device = next(plain.parameters()).device
     out: list[list[float]] = [[] for _ in pairs]
     scored = [i for i, (_, r) in enumerate(pairs) if r]
     states.fill(plain, [pairs[i][0] for i in scored], batch_size)
-    for batch in length_batches([len(pairs[i][1]) for i in scored], batch_size):
-        idx = [scored[j] for j in batch]
+    layer_of = {i: usable_start(starts[i] if starts is not None else None, pairs[i][1]) for i in scored}
+    batches = []
+    for start_layer in sorted(set(layer_of.values())):
+        group = [i for i in scored if layer_of[i] == start_layer]
+        batches += [(start_layer, [group[j] for j in batch]) for batch in length_batches([len(pairs[i][1]) for i in group], batch_size)]
+    states.resumed += sum(1 for layer in layer_of.values() if layer)
+    for first_layer, idx in batches:
         prompts = [states.get(plain, pairs[i][0]) for i in idx]
         responses = [list(pairs[i][1]) for i in idx]
         width = max(s.length for s in prompts)
@@ -159,8 +183,9 @@ def response_logprobs_cached(
                 values = [_left_pad(s.kv[layer][1], width) for s in prompts]
                 cache.update(torch.cat(keys), torch.cat(values), layer)
             keep = torch.arange(r_width - 1, device=device)
-            logits = plain(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                           use_cache=True, logits_to_keep=keep).logits.float()
+            with _started(plain, first_layer, [starts[i] for i in idx] if first_layer else [], r_width):
+                logits = plain(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                               use_cache=True, logits_to_keep=keep).logits.float()
             rest = logits.gather(-1, ids[:, 1:, None])[..., 0] - torch.logsumexp(logits, dim=-1)
         for j, (i, resp) in enumerate(zip(idx, responses)):
             out[i] = [float(first[j])] + rest[j, : len(resp) - 1].tolist()
@@ -172,3 +197,16 @@ def _left_pad(x: torch.Tensor, width: int) -> torch.Tensor:
     if x.shape[2] == width:
         return x
     return torch.cat([x.new_zeros(x.shape[0], x.shape[1], width - x.shape[2], x.shape[3]), x], dim=2)
+
+
+def _started(plain: Any, layer: int, starts: Sequence[LayerStart], width: int):
+    """Run from ``layer`` on the starts' hidden states (right-padded with zeros to ``width`` positions; the last
+    position of each response is never an input that is scored), or from the embeddings when ``layer`` is 0."""
+    if not layer:
+        return contextlib.nullcontext()
+    first = starts[0].hidden
+    hidden = first.new_zeros(len(starts), width, first.shape[-1])
+    for j, start in enumerate(starts):
+        n = min(width - 1, start.hidden.shape[0])
+        hidden[j, :n] = start.hidden[:n]
+    return from_layer(plain, layer, hidden)

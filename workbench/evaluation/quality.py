@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import SteeringError, WorkbenchError
+from ..models.from_layer import LayerStart
 from ..models.loading import model_info
 from .prompt_states import PromptStates, fits, response_logprobs_cached
 
@@ -59,12 +60,15 @@ def response_nlls(
     batch_size: int = 8,
     formatted: bool = False,
     states: PromptStates | None = None,
+    starts: Sequence[LayerStart | None] | None = None,
 ) -> list[list[float]]:
     """Per-token negative log-likelihoods of each response given its prompt.
 
     On the plain model each formatted prompt runs once and its KV cache is reused for every response to it
     (``states``: a store kept across calls, e.g. by a sweep; default: one for this call), and responses are
-    scored in batches of similar length (:mod:`.prompt_states`); else right-padded batches on the bridge."""
+    scored in batches of similar length (:mod:`.prompt_states`); else right-padded batches on the bridge.
+    ``starts``: per response, the unsteered hidden states its steered decode recorded
+    (``generate(unsteered_states=...)``), so its scoring starts at the layer steering first changed."""
     if len(prompts) != len(responses):
         raise WorkbenchError(f"{len(prompts)} prompts but {len(responses)} responses")
     hooked = active_hooks(model)
@@ -77,7 +81,10 @@ def response_nlls(
 
     plain = plain_model_for(model)
     if plain is not None and pairs and fits(plain, pairs):
-        logps = response_logprobs_cached(plain, pairs, states if states is not None else PromptStates(), batch_size)
+        if starts is not None and len(starts) != len(pairs):
+            raise WorkbenchError(f"{len(pairs)} responses but {len(starts)} starts")
+        logps = response_logprobs_cached(plain, pairs, states if states is not None else PromptStates(), batch_size,
+                                         starts)
         return [[-v for v in row] for row in logps]
     pad = model.tokenizer.pad_token_id or 0
     device = model.cfg.device
@@ -131,14 +138,16 @@ def response_perplexities(
     batch_size: int = 8,
     formatted: bool = False,
     states: PromptStates | None = None,
+    starts: Sequence[LayerStart | None] | None = None,
 ) -> list[float]:
     """``exp(mean NLL)`` of each response's tokens under ``model``; NaN for an empty response.
 
-    ``states``: prompt caches to reuse across calls (:class:`~.prompt_states.PromptStates`).
+    ``states``: prompt caches to reuse across calls (:class:`~.prompt_states.PromptStates`); ``starts``: see
+    :func:`response_nlls`.
 
     >>> response_perplexities(model, ["Describe a cat."], ["A cat is a small furry animal."])
     """
-    nlls = response_nlls(model, prompts, responses, batch_size, formatted, states)
+    nlls = response_nlls(model, prompts, responses, batch_size, formatted, states, starts)
     return [math.exp(sum(x) / len(x)) if x else math.nan for x in nlls]
 
 

@@ -1,0 +1,125 @@
+"""Scoring from a layer: a steered decode's unsteered hidden states, and perplexity started from them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import workbench as wb
+import workbench.evaluation.quality as quality
+from workbench.errors import WorkbenchError
+from workbench.evaluation.prompt_states import PromptStates, response_logprobs_cached
+from workbench.models.from_layer import LayerStart, first_changed_layer, from_layer
+from workbench.models.loading import model_info
+from workbench.models.plain import plain_model_for
+from workbench.steering import SteeringSpec
+
+PROMPTS = ["Hi.", "Explain why the sky is blue.", "Write a story about a fox who finds a lantern at night."]
+N = 12
+
+
+def _settings(tiny) -> list[tuple[list[SteeringSpec], int | None]]:
+    """Steering settings and the first layer whose input each changes (4: only the final norm's)."""
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(int(tiny.cfg.d_model), generator=g)
+    u = u / u.norm()
+    return [
+        ([], None),
+        ([SteeringSpec(unit=u, layer=1, coeff=6.0)], 2),
+        ([SteeringSpec(unit=u, layer=2, mode="project", target=-3.0, hook="resid_pre")], 2),
+        ([SteeringSpec(unit=u, layer=2, mode="ablate", positions="generated")], 3),
+        ([SteeringSpec(unit=-u, layer=3, coeff=5.0, positions="prompt")], 4),
+        ([SteeringSpec(unit=u, layer=2, coeff=5.0), SteeringSpec(unit=u, layer=1, coeff=-4.0, hook="resid_pre")], 1),
+        ([SteeringSpec(unit=u, layer=0, coeff=5.0, hook="resid_pre")], 0),
+    ]
+
+
+def test_first_changed_layer():
+    u = torch.ones(4) / 2
+    assert first_changed_layer([]) is None
+    assert first_changed_layer([SteeringSpec(unit=u, layer=3, coeff=1.0)]) == 4
+    assert first_changed_layer([SteeringSpec(unit=u, layer=3, coeff=1.0, hook="resid_pre")]) == 3
+    assert first_changed_layer([SteeringSpec(unit=u, layer=3, coeff=1.0, hook="resid_mid")]) is None
+
+
+def test_unsteered_states_are_the_unsteered_models_residual_stream(tiny, one_thread):
+    settings = _settings(tiny)
+    prompts = [p for _ in settings for p in PROMPTS]
+    rows = [specs for specs, _ in settings for _ in PROMPTS]
+    states: list = []
+    tokens = wb.generate(tiny, prompts, max_new_tokens=N, batch_size=len(prompts), return_tokens=True,
+                         row_steering=rows, unsteered_states=states)
+    assert len(states) == len(prompts)
+    formatter = model_info(tiny).formatter
+    n_layers = int(tiny.cfg.n_layers)
+    checked = 0
+    for i, (prompt, start) in enumerate(zip(prompts, states)):
+        expected = settings[i // len(PROMPTS)][1]
+        if not expected:  # unsteered, or steered at layer 0's input: nothing to start from
+            assert start is None
+            continue
+        assert start.layer == expected and list(start.tokens) == tokens[i]
+        assert start.hidden.shape == (len(tokens[i]) - 1, int(tiny.cfg.d_model))
+        ids = list(formatter.token_ids(prompt, False)) + tokens[i]
+        _, cache = tiny.run_with_cache(torch.tensor([ids]))  # the bridge, unsteered, on prompt plus response
+        name = f"blocks.{expected}.hook_resid_pre" if expected < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"
+        p_len = len(ids) - len(tokens[i])
+        want = cache[name][0, p_len : p_len + len(tokens[i]) - 1]
+        torch.testing.assert_close(start.hidden, want, atol=1e-4, rtol=1e-4)
+        checked += 1
+    assert checked >= 12
+    # decoding with a capture gives the same tokens as without
+    assert tokens == wb.generate(tiny, prompts, max_new_tokens=N, batch_size=len(prompts), return_tokens=True,
+                                 row_steering=rows)
+
+
+def test_scoring_from_a_start_equals_the_full_pass(tiny, one_thread):
+    settings = _settings(tiny)
+    prompts = [p for _ in settings for p in PROMPTS]
+    rows = [specs for specs, _ in settings for _ in PROMPTS]
+    starts: list = []
+    tokens = wb.generate(tiny, prompts, max_new_tokens=N, batch_size=7, row_steering=rows, unsteered_states=starts,
+                         return_tokens=True)
+    formatter = model_info(tiny).formatter
+    pairs = [(list(formatter.token_ids(p, False)), t) for p, t in zip(prompts, tokens)]
+    plain = plain_model_for(tiny)
+    full = response_logprobs_cached(plain, pairs, PromptStates(), batch_size=4)
+    states = PromptStates()
+    started = response_logprobs_cached(plain, pairs, states, batch_size=4, starts=starts)
+    assert states.resumed == 15  # five steered settings x three prompts
+    for a, b in zip(full, started):
+        assert b == pytest.approx(a, abs=1e-4)
+    # a start recorded for other tokens is not used
+    wrong = [None if s is None else LayerStart(s.layer, s.hidden, tuple(t + 1 for t in s.tokens)) for s in starts]
+    states = PromptStates()
+    assert response_logprobs_cached(plain, pairs, states, batch_size=4, starts=wrong) == full
+    assert states.resumed == 0
+    # through the text API: responses whose text gives back their tokens start from their layer
+    texts = [tiny.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+    states = PromptStates()
+    by_text = quality.response_nlls(tiny, prompts, texts, batch_size=4, states=states, starts=starts)
+    assert states.resumed == sum(s is not None and list(s.tokens[: len(r)]) == r
+                                 for s, (_, r) in zip(starts, quality._encode_pairs(tiny, prompts, texts, False)))
+    assert by_text == [pytest.approx(x, abs=1e-4) for x in quality.response_nlls(tiny, prompts, texts, batch_size=4)]
+    with pytest.raises(WorkbenchError, match="starts"):
+        quality.response_nlls(tiny, prompts, texts, starts=starts[:2])
+
+
+def test_hidden_states_given_to_a_layer_are_what_it_computes_from(tiny):
+    """Starting at layer 2 from the full pass's own layer-2 input gives the full pass's logits."""
+    plain = plain_model_for(tiny)
+    ids = torch.tensor([[5, 9, 2, 44, 17, 3]])
+    out = plain(input_ids=ids, output_hidden_states=True)
+    with from_layer(plain, 2, out.hidden_states[2]):
+        resumed = plain(input_ids=ids).logits
+    torch.testing.assert_close(resumed, out.logits)
+    with from_layer(plain, 2, torch.zeros_like(out.hidden_states[2])):  # what is fed is what counts
+        assert not torch.allclose(plain(input_ids=ids).logits, out.logits)
+    torch.testing.assert_close(plain(input_ids=ids).logits, out.logits)  # the layers came back
+    for bad in (0, 5):
+        with pytest.raises(WorkbenchError, match="not in 1..4"):
+            with from_layer(plain, bad, out.hidden_states[2]):
+                pass
+    with pytest.raises(WorkbenchError, match="shape"):
+        with from_layer(plain, 2, out.hidden_states[2][:, :3]):
+            plain(input_ids=ids)
