@@ -123,3 +123,22 @@ def test_hidden_states_given_to_a_layer_are_what_it_computes_from(tiny):
     with pytest.raises(WorkbenchError, match="shape"):
         with from_layer(plain, 2, out.hidden_states[2][:, :3]):
             plain(input_ids=ids)
+
+
+@pytest.mark.parametrize("batch_size", [21, 5])
+def test_prompt_passes_started_from_kept_states_give_the_same_tokens(tiny, one_thread, batch_size):
+    """Every mode, position setting and hook, steered at layers 0-3 (the prompt pass from no layer, from a middle
+    layer, or only the final norm's input): the tokens of the full prompt pass, and of each setting alone."""
+    settings = _settings(tiny)
+    prompts = [p for _ in settings for p in PROMPTS]
+    rows = [specs for specs, _ in settings for _ in PROMPTS]
+    full = wb.generate(tiny, prompts, max_new_tokens=N, batch_size=batch_size, return_tokens=True, row_steering=rows)
+    states = PromptStates(keep_hidden=True)
+    started = wb.generate(tiny, prompts, max_new_tokens=N, batch_size=batch_size, return_tokens=True,
+                          row_steering=rows, prompt_states=states)
+    assert started == full
+    assert states.runs == len(PROMPTS) and all(s.hidden.shape[0] == 4 for s in states.entries.values())
+    assert len({str(full[i * 3:(i + 1) * 3]) for i in range(len(settings))}) == len(settings)
+    for i, (specs, _) in enumerate(settings[1:4], start=1):
+        with wb.steer(tiny, *specs):
+            assert full[i * 3:(i + 1) * 3] == wb.generate(tiny, PROMPTS, max_new_tokens=N, batch_size=3, return_tokens=True)

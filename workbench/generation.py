@@ -115,6 +115,7 @@ def generate(
     parse_special_tokens: bool = False,
     row_steering: Sequence[Sequence[SteeringSpec]] | None = None,
     unsteered_states: list | None = None,
+    prompt_states: Any = None,
 ) -> list[str] | list[list[int]]:
     """Generate a response for each user text (prompt excluded from the output).
 
@@ -147,6 +148,9 @@ def generate(
     per prompt: for greedy ``row_steering`` rows on the plain path, the residual stream entering the first layer
     their steering changes, at each generated token fed back. It is the unsteered model's there, so the
     response's perplexity can be scored from that layer on (:func:`~workbench.evaluation.quality.response_nlls`).
+    ``prompt_states``: a :class:`~workbench.evaluation.prompt_states.PromptStates` with ``keep_hidden=True``; those
+    rows' prompt passes then start at the first layer their steering changes, the unsteered layers before it
+    taken from the states (each prompt runs once however many rows share it).
 
     >>> generate(model, ["Describe a rainy afternoon."], max_new_tokens=32)
     """
@@ -220,6 +224,7 @@ def generate(
                 ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad,
                 lambda logits: _pick(logits, do_sample, temperature, top_p, gen), per_row=batch_rows is not None,
                 eager=backend != "compiled", capture=capture,
+                prompt_states=prompt_states if packed and backend != "compiled" else None, states_model=plain,
             )
         elif use_cache and plain is not None:
             with contextlib.ExitStack() as stack:

@@ -18,12 +18,22 @@ from jaxtyping import Float, Int
 
 from .errors import WorkbenchError
 from .models.attention import use_sdpa_gqa
+from .models.from_layer import first_changed_layer, from_layer
 from .models.plain import build_plain_model, decoder_layers, layer_input, layer_output, with_layer_input, with_layer_output
 from .steering.compiled import SteeringSlots
+from .steering.rows import PHASES
 from .steering.spec import SteeringSpec
 
 BUCKET = 128  # cache lengths are rounded up to a multiple of this, so prompts of similar length share a compile
 COMPACT_SHARE = 0.125  # eager decoding drops ended rows once they are this share of the batch (or one row)
+
+
+def states_fit(model: torch.nn.Module, length: int) -> bool:
+    """Whether prompt passes can start from kept states on ``model``: no attention window shorter than a row
+    (a sliding cache keeps a window, not the prompt's every position)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    window = getattr(config, "sliding_window", None)
+    return window is None or length < int(window)
 
 
 def select_cache_rows(cache: Any, rows: Int[torch.Tensor, "keep"]) -> None:
@@ -140,6 +150,8 @@ class StaticDecoder:
         per_row: bool = False,
         eager: bool = False,
         capture: Capture | None = None,
+        prompt_states: Any = None,
+        states_model: Any = None,
     ) -> Int[torch.Tensor, "batch total"]:
         """Prompt plus new tokens, each row padded with ``pad`` after its EOS (as ``transformers``' generate).
 
@@ -148,18 +160,22 @@ class StaticDecoder:
         from the batch as they end (:data:`COMPACT_SHARE`), so a batch whose rows end at different lengths
         does not keep decoding finished rows. Needs a ``pick`` that treats rows alike (greedy): the rows a
         step computes change. ``capture`` (eager only): record each row's unsteered input to a layer at every
-        token fed back (:class:`Capture`)."""
+        token fed back (:class:`Capture`). ``prompt_states`` (eager, per row): a
+        :class:`~workbench.evaluation.prompt_states.PromptStates` keeping hidden states, run on ``states_model``
+        (the unsteered plain model): each row's prompt pass starts at the first layer its steering changes."""
+        args = (ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad, pick, per_row, eager, capture,
+                prompt_states, states_model)
         if capture is None:
-            return self._generate(ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad, pick, per_row, eager, None)
+            return self._generate(*args)
         if not eager:
             raise WorkbenchError("StaticDecoder.generate: capture needs eager=True")
         ref = next(self.model.parameters())
         with capturing(decoder_layers(self.model), capture, ids.shape[0], max_new_tokens, self.slots.d_model,
                        ref.dtype, ids.device):
-            return self._generate(ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad, pick, per_row, eager,
-                                  capture)
+            return self._generate(*args)
 
-    def _generate(self, ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad, pick, per_row, eager, capture):
+    def _generate(self, ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad, pick, per_row, eager, capture,
+                  prompt_states, states_model):
         from transformers import StaticCache
 
         batch, prompt_len = ids.shape
@@ -182,12 +198,15 @@ class StaticDecoder:
         tokens = torch.full((batch, max_new_tokens), pad, dtype=torch.long, device=ids.device)
         alive = torch.arange(batch, device=ids.device)  # the original row of each row still decoding
         rows = list(specs) if per_row else [specs]
-        self.slots.load_rows(rows, "prompt")
-        logits = self.model(
-            input_ids=ids, attention_mask=full_mask, position_ids=positions,
-            cache_position=torch.arange(prompt_len, device=ids.device), past_key_values=cache,
-            use_cache=True, logits_to_keep=1,
-        ).logits[:, -1]
+        if prompt_states is not None and eager and per_row and states_fit(self.model, length):
+            logits = self._prefill_from_states(prompt_states, states_model, ids, mask, positions, rows, cache)
+        else:
+            self.slots.load_rows(rows, "prompt")
+            logits = self.model(
+                input_ids=ids, attention_mask=full_mask, position_ids=positions,
+                cache_position=torch.arange(prompt_len, device=ids.device), past_key_values=cache,
+                use_cache=True, logits_to_keep=1,
+            ).logits[:, -1]
         self.slots.load_rows(rows, "generated")
         n_steps = 0
         for step in range(max_new_tokens):
@@ -213,6 +232,54 @@ class StaticDecoder:
         if capture is not None:
             capture.step = capture.alive = None
         return torch.cat([ids, tokens[:, :n_steps]], dim=1)
+
+    def _prefill_from_states(self, states: Any, plain: Any, ids: torch.Tensor, mask: torch.Tensor,
+                             positions: torch.Tensor, rows: Sequence[Sequence[SteeringSpec]], cache: Any) -> torch.Tensor:
+        """The prompt pass of a packed batch, each row from the first layer its prompt steering changes: the
+        layers before it, unsteered, come from ``states`` (each prompt run once, :class:`PromptStates`), so rows
+        of many sweep cells sharing a prompt do not run those layers again. Fills ``cache``; returns the last
+        position's logits ``[batch, vocab]``."""
+        from transformers import DynamicCache
+
+        n_layers = len(decoder_layers(self.model))
+        batch, width = ids.shape
+        lengths = mask.sum(-1).tolist()
+        keys = [tuple(ids[j, width - lengths[j]:].tolist()) for j in range(batch)]
+        states.fill(plain, keys, batch)
+        found = [states.get(plain, key) for key in keys]
+        groups: dict[int, list[int]] = {}
+        for j, row in enumerate(rows):
+            first = first_changed_layer([s for s in row if s.positions in PHASES["prompt"]])
+            groups.setdefault(n_layers if first is None else first, []).append(j)
+        kv = [tuple(t.new_zeros(batch, t.shape[1], width, t.shape[3]) for t in found[0].kv[layer]) for layer in range(n_layers)]
+        logits = None
+        for first, group in sorted(groups.items()):
+            for layer in range(first):
+                for j in group:
+                    kv[layer][0][j, :, width - lengths[j]:] = found[j].kv[layer][0][0]
+                    kv[layer][1][j, :, width - lengths[j]:] = found[j].kv[layer][1][0]
+            self.slots.load_rows([rows[j] for j in group], "prompt")
+            at = torch.tensor(group, device=ids.device)
+            run = dict(input_ids=ids[at], attention_mask=mask[at], position_ids=positions[at],
+                       past_key_values=DynamicCache(config=self.model.config), use_cache=True, logits_to_keep=1)
+            if first == 0:
+                out = self.model(**run)
+            else:
+                hidden = found[0].hidden.new_zeros(len(group), width, found[0].hidden.shape[-1])
+                for i, j in enumerate(group):
+                    hidden[i, width - lengths[j]:] = found[j].hidden[first - 1]
+                hidden = self.slots.apply("resid_post", first - 1, hidden)  # the skipped layer's own steering
+                with from_layer(self.model, first, hidden):
+                    out = self.model(**run)
+            for layer in range(first, n_layers):
+                kv[layer][0][at] = out.past_key_values.layers[layer].keys
+                kv[layer][1][at] = out.past_key_values.layers[layer].values
+            if logits is None:
+                logits = out.logits.new_zeros(batch, out.logits.shape[-1])
+            logits[at] = out.logits[:, -1]
+        for layer, (k, v) in enumerate(kv):
+            cache.update(k, v, layer)
+        return logits
 
     def _step(self, **inputs: Any) -> Any:
         # a compile per batch size, length bucket and slot count: allow more than dynamo's default 8

@@ -21,6 +21,7 @@ import torch
 from jaxtyping import Float
 
 from ..models.from_layer import LayerStart, from_layer
+from ..models.plain import decoder_layers, layer_output
 
 MAX_PAD_SHARE = 0.2  # a scoring batch grows while its padding stays under this share of its response tokens
 
@@ -32,6 +33,7 @@ class PromptState:
 
     kv: list[tuple[torch.Tensor, torch.Tensor]]
     next_logprobs: Float[torch.Tensor, "vocab"]
+    hidden: Float[torch.Tensor, "layer prompt d_model"] | None = None  # each decoder layer's output, if kept
 
     @property
     def length(self) -> int:
@@ -39,7 +41,8 @@ class PromptState:
 
     @property
     def nbytes(self) -> int:
-        return sum(k.nbytes + v.nbytes for k, v in self.kv) + self.next_logprobs.nbytes
+        return (sum(k.nbytes + v.nbytes for k, v in self.kv) + self.next_logprobs.nbytes
+                + (0 if self.hidden is None else self.hidden.nbytes))
 
 
 @dataclass
@@ -47,6 +50,7 @@ class PromptStates:
     """Prompt states of one model, by token ids, least recently used dropped beyond ``max_bytes``."""
 
     max_bytes: int = 1 << 30
+    keep_hidden: bool = False  # also keep every layer's output (packed decoding starts prompts from them)
     entries: OrderedDict = field(default_factory=OrderedDict)
     nbytes: int = 0
     runs: int = 0  # prompts run (misses)
@@ -55,22 +59,29 @@ class PromptStates:
     def get(self, plain: Any, prompt: Sequence[int]) -> PromptState:
         """The state of one prompt, run now if it is not kept."""
         key = tuple(prompt)
-        if key not in self.entries:
+        if not self._has(key):
             self.fill(plain, [key], 1)
         self.entries.move_to_end(key)
         return self.entries[key]
 
     def fill(self, plain: Any, prompts: Sequence[Sequence[int]], batch_size: int) -> None:
         """Run the prompts not kept yet, ``batch_size`` at a time, and keep them."""
-        missing = list(dict.fromkeys(tuple(p) for p in prompts if tuple(p) not in self.entries))
+        missing = list(dict.fromkeys(tuple(p) for p in prompts if not self._has(tuple(p))))
         for start in range(0, len(missing), batch_size):
-            for key, state in zip(missing[start:start + batch_size], _run_prompts(plain, missing[start:start + batch_size])):
+            chunk = missing[start:start + batch_size]
+            for key, state in zip(chunk, _run_prompts(plain, chunk, self.keep_hidden)):
                 self.runs += 1
+                if key in self.entries:
+                    self.nbytes -= self.entries.pop(key).nbytes
                 self.entries[key] = state
                 self.nbytes += state.nbytes
         while self.nbytes > self.max_bytes and len(self.entries) > 1:
             _, old = self.entries.popitem(last=False)
             self.nbytes -= old.nbytes
+
+
+    def _has(self, key: tuple[int, ...]) -> bool:
+        return key in self.entries and (not self.keep_hidden or self.entries[key].hidden is not None)
 
 
 def fits(plain: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> bool:
@@ -90,9 +101,10 @@ def fits(plain: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> bo
     return len(cache.layers) == int(config.num_hidden_layers)
 
 
-def _run_prompts(plain: Any, prompts: Sequence[tuple[int, ...]]) -> list[PromptState]:
+def _run_prompts(plain: Any, prompts: Sequence[tuple[int, ...]], keep_hidden: bool = False) -> list[PromptState]:
     """Left-padded, so every prompt ends at the last position (one logits row each); pads are masked out and
-    positions count from each prompt's first token, so a prompt's cache is what it would be alone."""
+    positions count from each prompt's first token, so a prompt's cache is what it would be alone.
+    ``keep_hidden``: also keep each decoder layer's output (the input of the next; the last: the final norm's)."""
     device = next(plain.parameters()).device
     width = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
@@ -101,11 +113,20 @@ def _run_prompts(plain: Any, prompts: Sequence[tuple[int, ...]]) -> list[PromptS
         ids[j, width - len(p):] = torch.tensor(p, device=device)
         mask[j, width - len(p):] = 1
     positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    out = plain(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    outputs: list[torch.Tensor] = []
+    handles = [block.register_forward_hook(lambda m, a, out: outputs.append(layer_output(out)))
+               for block in (decoder_layers(plain) if keep_hidden else [])]
+    try:
+        out = plain(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    hidden = torch.stack(outputs, dim=1) if keep_hidden else None  # [batch, layer, width, d_model]
     logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
     layers = out.past_key_values.layers
     return [PromptState(kv=[(layer.keys[j:j + 1, :, width - len(p):].clone(), layer.values[j:j + 1, :, width - len(p):].clone())
-                            for layer in layers], next_logprobs=logprobs[j].clone())
+                            for layer in layers], next_logprobs=logprobs[j].clone(),
+                        hidden=None if hidden is None else hidden[j, :, width - len(p):].clone())
             for j, p in enumerate(prompts)]
 
 

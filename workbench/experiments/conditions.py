@@ -80,6 +80,15 @@ class GenerationMemo:
             self.seconds["perplexity"] += time.perf_counter() - t0
         return list(self.scored[key])
 
+    def decode_states(self) -> PromptStates:
+        """The decoding model's prompt states, keeping hidden states so packed prompt passes start from them
+        (shared with its perplexity scoring; the decoder falls back to a full prompt pass under a short sliding window)."""
+        name = model_info(self.model).name
+        states = self.prompt_states.get(name)
+        if states is None or not states.keep_hidden:
+            states = self.prompt_states[name] = PromptStates(keep_hidden=True)
+        return states
+
     def generate_many(self, requests: Sequence[tuple[Sequence[str], Sequence[SteeringSpec]]],
                       max_new_tokens: int | None = None) -> list[list[str]]:
         """Responses to each ``(prompts, specs)`` request; every miss of every request decodes in packed batches."""
@@ -99,7 +108,7 @@ class GenerationMemo:
             states: list[LayerStart | None] = []
             out = generate(self.model, [p for p, _ in rows], max_new_tokens=n_tokens, seed=self.seed,
                            batch_size=self.max_batch or pack_size(self.model), row_steering=[s for _, s in rows],
-                           unsteered_states=states)
+                           unsteered_states=states, prompt_states=self.decode_states())
             self.seconds["decode"] += time.perf_counter() - t0
             self.cache.update(zip(missing, out))
             # kept for scoring this call's responses: the unsteered hidden states up to each row's steered layer
