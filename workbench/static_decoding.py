@@ -36,6 +36,40 @@ def states_fit(model: torch.nn.Module, length: int) -> bool:
     return window is None or length < int(window)
 
 
+def attend_to_written(cache: Any) -> None:
+    """Make a static cache's full-attention layers hand attention only the positions written so far (in place).
+
+    A static cache attends over its whole length at every step, unwritten positions masked out; for a
+    128-token answer to a 60-token prompt that reads three times the keys and values the early steps need,
+    and attention reads them from memory at every layer. The eager loop needs no fixed shapes, so its
+    layers return the written prefix (and masks are sized to it); the compiled step keeps the fixed length."""
+    from transformers.cache_utils import StaticLayer
+
+    for layer in cache.layers:
+        if type(layer) is StaticLayer:
+            layer.__class__ = WrittenPrefixLayer
+
+
+def _written_prefix_layer() -> type:
+    from transformers.cache_utils import StaticLayer
+
+    class WrittenPrefixLayer(StaticLayer):
+        """A :class:`StaticLayer` whose ``update`` returns only the positions written so far."""
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any):
+            keys, values = super().update(key_states, value_states, *args, **kwargs)
+            n = int(self.cumulative_length)
+            return keys[:, :, :n], values[:, :, :n]
+
+        def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+            return int(self.get_seq_length()) + query_length, 0
+
+    return WrittenPrefixLayer
+
+
+WrittenPrefixLayer = _written_prefix_layer()
+
+
 def select_cache_rows(cache: Any, rows: Int[torch.Tensor, "keep"]) -> None:
     """Keep only ``rows`` of a static KV cache's batch (in place), e.g. when other rows have ended."""
     for layer in cache.layers:
@@ -182,6 +216,7 @@ class StaticDecoder:
         if eager:
             length = prompt_len + max_new_tokens
             cache = StaticCache(config=self.model.config, max_cache_len=length)
+            attend_to_written(cache)
         else:
             length = -(-(prompt_len + max_new_tokens) // BUCKET) * BUCKET
             cache = self.caches.get((batch, length))
