@@ -54,20 +54,27 @@ def test_unsteered_states_are_the_unsteered_models_residual_stream(tiny, one_thr
     n_layers = int(tiny.cfg.n_layers)
     checked = 0
     for i, (prompt, start) in enumerate(zip(prompts, states)):
-        expected = settings[i // len(PROMPTS)][1]
-        if not expected:  # unsteered, or steered at layer 0's input: nothing to start from
+        specs, expected = settings[i // len(PROMPTS)]
+        if specs and not expected:  # steered at layer 0's input: nothing to start from
             assert start is None
             continue
-        assert start.layer == expected and list(start.tokens) == tokens[i]
-        assert start.hidden.shape == (len(tokens[i]) - 1, int(tiny.cfg.d_model))
+        assert list(start.tokens) == tokens[i]
         ids = list(formatter.token_ids(prompt, False)) + tokens[i]
-        _, cache = tiny.run_with_cache(torch.tensor([ids]))  # the bridge, unsteered, on prompt plus response
-        name = f"blocks.{expected}.hook_resid_pre" if expected < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"
+        logits, cache = tiny.run_with_cache(torch.tensor([ids]))  # the bridge, unsteered, on prompt plus response
         p_len = len(ids) - len(tokens[i])
+        if not specs:  # decoded unsteered: the log-probabilities of its own tokens
+            logp = torch.log_softmax(logits[0, p_len - 1 : -1].float(), -1).gather(1, torch.tensor(tokens[i])[:, None])[:, 0]
+            assert start.layer == n_layers and start.hidden.shape[0] == 0
+            torch.testing.assert_close(start.logprobs, logp, atol=1e-4, rtol=1e-4)
+            checked += 1
+            continue
+        assert start.layer == expected and start.logprobs is None
+        assert start.hidden.shape == (len(tokens[i]) - 1, int(tiny.cfg.d_model))
+        name = f"blocks.{expected}.hook_resid_pre" if expected < n_layers else f"blocks.{n_layers - 1}.hook_resid_post"
         want = cache[name][0, p_len : p_len + len(tokens[i]) - 1]
         torch.testing.assert_close(start.hidden, want, atol=1e-4, rtol=1e-4)
         checked += 1
-    assert checked >= 12
+    assert checked == 18
     # decoding with a capture gives the same tokens as without
     assert tokens == wb.generate(tiny, prompts, max_new_tokens=N, batch_size=len(prompts), return_tokens=True,
                                  row_steering=rows)
@@ -86,11 +93,11 @@ def test_scoring_from_a_start_equals_the_full_pass(tiny, one_thread):
     full = response_logprobs_cached(plain, pairs, PromptStates(), batch_size=4)
     states = PromptStates()
     started = response_logprobs_cached(plain, pairs, states, batch_size=4, starts=starts)
-    assert states.resumed == 15  # five steered settings x three prompts
+    assert states.resumed == 18  # five steered settings and the unsteered one, x three prompts
     for a, b in zip(full, started):
         assert b == pytest.approx(a, abs=1e-4)
     # a start recorded for other tokens is not used
-    wrong = [None if s is None else LayerStart(s.layer, s.hidden, tuple(t + 1 for t in s.tokens)) for s in starts]
+    wrong = [None if s is None else LayerStart(s.layer, s.hidden, tuple(t + 1 for t in s.tokens), s.logprobs) for s in starts]
     states = PromptStates()
     assert response_logprobs_cached(plain, pairs, states, batch_size=4, starts=wrong) == full
     assert states.resumed == 0

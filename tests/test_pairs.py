@@ -305,11 +305,20 @@ def test_malformed_paired_and_json(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match=r"pairs\.jsonl line 2: field 'prompt' missing"):
         load_pairs_file(path)
     path = write_lines(tmp_path / "broken.jsonl", [good, good, "{not json"])
-    with pytest.raises(DatasetError, match=r"broken\.jsonl line 3: not valid JSON"):
+    with pytest.raises(DatasetError, match=r"broken\.jsonl:3: not JSON"):
         load_paired_jsonl(path)
     path = write_lines(tmp_path / "list.jsonl", [[1, 2]])
-    with pytest.raises(DatasetError, match=r"list\.jsonl line 1: expected a JSON object"):
+    with pytest.raises(DatasetError, match=r"list\.jsonl:1: a JSON list, expected an object"):
         load_pairs_file(path)
+
+
+def test_a_line_separator_inside_a_prompt_stays_in_it(tmp_path: Path) -> None:
+    """Rows split at newlines only: a raw U+2028 or U+0085 in a string is part of the prompt (str.splitlines cut there)."""
+    row = GOOD | {"prompt": "First part\u2028second part\u0085third."}
+    path = tmp_path / "sep.jsonl"
+    path.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    assert "\u2028" in path.read_text(encoding="utf-8")
+    assert load_pairs_file(path).rows[0].prompt == row["prompt"]
 
 
 def test_empty_and_missing_files(tmp_path: Path) -> None:

@@ -126,7 +126,7 @@ def test_field_mapping_and_bad_files(tmp_path):
     with pytest.raises(DatasetError, match="ids.jsonl: unknown IFEval instruction id\\(s\\) to check: also:fake, made:up"):
         wb.load_pairs_file(bad_ids)
     (tmp_path / "latin1.jsonl").write_bytes(b'{"key": 1}\n{"prompt": "caf\xe9"}\n')
-    with pytest.raises(DatasetError, match="latin1.jsonl line 2: not UTF-8"):
+    with pytest.raises(DatasetError, match="latin1.jsonl:2: not UTF-8"):
         wb.load_pairs_file(tmp_path / "latin1.jsonl")
 
 

@@ -84,6 +84,16 @@ def _reference_loop(model, ids, mask, max_new_tokens, min_new_tokens, eos, pad, 
 BACKENDS = GENERATION_BACKENDS  # kept importable from here
 
 
+def _layer_start(capture: Capture, row: int, tokens: list[int], n_layers: int) -> LayerStart | None:
+    """What ``capture`` recorded for one row's response ``tokens`` (None: nothing usable)."""
+    if capture.logprobs is not None and capture.scored[row]:
+        return LayerStart(n_layers, capture.hidden[row, :0].clone(), tuple(tokens), capture.logprobs[row, : len(tokens)].clone())
+    layer = capture.layers[row]
+    if layer is None or layer < 1:
+        return None
+    return LayerStart(layer, capture.hidden[row, : max(len(tokens) - 1, 0)].clone(), tuple(tokens))
+
+
 def check_count(name: str, value: Any, minimum: int = 1) -> int:
     """An integer argument ``>= minimum`` (``max_new_tokens``, ``batch_size``...), else a one-line error."""
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, torch.Tensor)) or (
@@ -147,7 +157,8 @@ def generate(
     ``unsteered_states``: a list to fill with one :class:`~workbench.models.from_layer.LayerStart` or ``None``
     per prompt: for greedy ``row_steering`` rows on the plain path, the residual stream entering the first layer
     their steering changes, at each generated token fed back. It is the unsteered model's there, so the
-    response's perplexity can be scored from that layer on (:func:`~workbench.evaluation.quality.response_nlls`).
+    response's perplexity can be scored from that layer on (:func:`~workbench.evaluation.quality.response_nlls`);
+    for rows decoded with no steering at all, the log-probability of each token, which is that score itself.
     ``prompt_states``: a :class:`~workbench.evaluation.prompt_states.PromptStates` with ``keep_hidden=True``; those
     rows' prompt passes then start at the first layer their steering changes, the unsteered layers before it
     taken from the states (each prompt runs once however many rows share it).
@@ -188,6 +199,7 @@ def generate(
             "use backend='bridge'"
         )
     n_ctx = int(model.cfg.n_ctx)
+    n_layers = int(model.cfg.n_layers)
     if max_new_tokens >= n_ctx:
         raise ContextLengthError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the {n_ctx}-token context")
     rows = info.formatter.token_rows(prompts, formatted, n_ctx - max_new_tokens, truncate, parse_special_tokens)
@@ -219,7 +231,7 @@ def generate(
             specs = (info.active_specs if batch_rows is None
                      else [list(info.active_specs) + list(row) for row in batch_rows.specs])
             if packed and backend != "compiled" and unsteered_states is not None:
-                capture = Capture([first_changed_layer(row) for row in specs])
+                capture = Capture([first_changed_layer(row) for row in specs], scored=[not row for row in specs])
             out = static_decoder_for(model).generate(
                 ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad,
                 lambda logits: _pick(logits, do_sample, temperature, top_p, gen), per_row=batch_rows is not None,
@@ -248,9 +260,7 @@ def generate(
             cut = next((i for i, t in enumerate(row) if t in eos), len(row))
             results.append(row[:cut])
             if unsteered_states is not None:
-                layer = None if capture is None else capture.layers[j]
-                unsteered_states.append(None if layer is None or layer < 1 else LayerStart(
-                    layer, capture.hidden[j, : max(cut - 1, 0)].clone(), tuple(row[:cut])))
+                unsteered_states.append(None if capture is None else _layer_start(capture, j, row[:cut], n_layers))
     if return_tokens:
         return results
     return [tok.decode(r, skip_special_tokens=True) for r in results]

@@ -5,6 +5,11 @@ small tensor ops; compiling the one-token step fuses them. Steering lives in per
 read by hooks that are part of the compiled graph, so new directions or strengths reuse the
 compiled step. A new batch size, cache-length bucket or number of directions at one layer
 compiles again (about 40 s for SmolLM2 on 2 CPU cores; later processes reuse inductor's cache).
+
+The same decoder runs packed sweep batches uncompiled (``eager=True``): a cache sized to the call whose
+attention reads only the positions written so far, ended rows dropped from the batch, each row's prompt pass
+started from kept unsteered states at the first layer its steering changes, and each row's unsteered residual
+stream at that layer recorded for scoring its perplexity from there (:class:`Capture`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from .steering.rows import PHASES
 from .steering.spec import SteeringSpec
 
 BUCKET = 128  # cache lengths are rounded up to a multiple of this, so prompts of similar length share a compile
+STATES_BATCH = 32  # prompts run at a time to fill kept prompt states (each keeps every layer's output)
 COMPACT_SHARE = 0.125  # eager decoding drops ended rows once they are this share of the batch (or one row)
 
 
@@ -95,12 +101,21 @@ def next_tokens(
 class Capture:
     """What an eager :meth:`StaticDecoder.generate` records for each row: the raw (unsteered) input of decoder
     layer ``layers[row]`` at every token fed back (``hidden[row, step]``: the token generated at ``step``);
-    ``None``: nothing for that row. Used to score responses under the unsteered model from that layer on."""
+    ``None``: nothing for that row. Used to score responses under the unsteered model from that layer on.
+    For the rows ``scored`` (decoded with no steering at all) the decode *is* the unsteered model: the
+    log-probability of each token it picked is the score itself (``logprobs[row, step]``)."""
 
     layers: Sequence[int | None]
+    scored: Sequence[bool] = ()  # rows decoded unsteered: their tokens' log-probabilities are recorded instead
     hidden: Float[torch.Tensor, "batch new d_model"] | None = None
+    logprobs: Float[torch.Tensor, "batch new"] | None = None  # log p(token) of the ``scored`` rows, per step
     step: int | None = None  # the decoding step being computed (None during the prompt)
     alive: torch.Tensor | None = None  # the original row of each row still decoding
+
+    def scored_rows(self, alive: torch.Tensor) -> torch.Tensor | None:
+        """Positions in the current batch (original rows ``alive``) of the rows whose log-probabilities are kept."""
+        scored = torch.tensor(list(self.scored), dtype=torch.bool, device=alive.device)[alive]
+        return scored.nonzero()[:, 0] if bool(scored.any()) else None
 
 
 @contextlib.contextmanager
@@ -109,6 +124,8 @@ def capturing(blocks: torch.nn.ModuleList, capture: Capture, batch: int, max_new
     """Hooks that fill ``capture.hidden`` before any steering of the layer they watch runs (prepended)."""
     want = torch.tensor([-1 if k is None else int(k) for k in capture.layers], device=device)
     capture.hidden = torch.zeros(batch, max_new_tokens, d_model, dtype=dtype, device=device)
+    if any(capture.scored):
+        capture.logprobs = torch.zeros(batch, max_new_tokens, device=device)
 
     def watch(layer: int):
         def fn(module: torch.nn.Module, args: tuple, output: Any) -> None:
@@ -245,7 +262,14 @@ class StaticDecoder:
         self.slots.load_rows(rows, "generated")
         n_steps = 0
         for step in range(max_new_tokens):
+            scored = None
+            if capture is not None and capture.logprobs is not None:
+                scored = capture.scored_rows(alive)
+                if scored is not None:  # before next_tokens masks EOS: the model's own distribution
+                    logp = torch.log_softmax(logits[scored].float(), dim=-1)
             nxt = next_tokens(logits, step, min_new_tokens, eos_t, done, pad, pick)
+            if scored is not None:
+                capture.logprobs[alive[scored], step] = logp.gather(1, nxt[scored][:, None])[:, 0].to(capture.logprobs.dtype)
             tokens[alive, step] = nxt
             n_steps = step + 1
             if bool(done.all()) or step == max_new_tokens - 1:
@@ -280,7 +304,7 @@ class StaticDecoder:
         batch, width = ids.shape
         lengths = mask.sum(-1).tolist()
         keys = [tuple(ids[j, width - lengths[j]:].tolist()) for j in range(batch)]
-        states.fill(plain, keys, batch)
+        states.fill(plain, keys, STATES_BATCH)
         found = [states.get(plain, key) for key in keys]
         groups: dict[int, list[int]] = {}
         for j, row in enumerate(rows):

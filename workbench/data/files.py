@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import DatasetError
+from ..io import read_jsonl
 from .pairs import EXTERNAL_SPLIT, PairDataset, PairRow
 
 CANONICAL_FIELDS = ("key", "base_id", "prompt", "prompt_without_instruction", "instruction_id_list",
@@ -102,29 +103,9 @@ def parse_fields(text: str | Mapping[str, str] | None) -> dict[str, str]:
 
 # --- reading ------------------------------------------------------------------------------------
 def _read_records(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(1-based line number, object) for every non-blank line; DatasetError on any problem."""
-    if not path.is_file():
-        raise DatasetError(f"{path}: no such file")
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DatasetError(f"{path}: cannot read file ({exc})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DatasetError(f"{path} line {line}: not UTF-8 (byte offset {exc.start})") from None
-    records: list[tuple[int, dict[str, Any]]] = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DatasetError(f"{path} line {lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(obj, dict):
-            raise DatasetError(f"{path} line {lineno}: expected a JSON object, got {type(obj).__name__}")
-        records.append((lineno, obj))
+    """(1-based line number, object) for every non-blank line (:func:`~workbench.io.read_jsonl`, which splits
+    at newlines only); DatasetError on any problem, and for a file without rows."""
+    records = read_jsonl(path).records
     if not records:
         raise DatasetError(f"{path}: file has no rows (empty)")
     return records

@@ -153,6 +153,8 @@ def usable_start(start: LayerStart | None, response: Sequence[int]) -> int:
     recorded for these very tokens (the response's ids are its tokens, or the first of them)."""
     if start is None or not response or tuple(response) != tuple(start.tokens[: len(response)]):
         return 0
+    if start.logprobs is not None:
+        return int(start.layer) if start.logprobs.shape[0] >= len(response) else 0
     if start.hidden.shape[0] < len(response) - 1:
         return 0
     return int(start.layer)
@@ -168,14 +170,20 @@ def response_logprobs_cached(
 
     ``starts``: per pair, the unsteered residual stream a steered decode computed for the response's tokens
     (:class:`~workbench.models.from_layer.LayerStart`); that pair's layers before ``start.layer`` are not run
-    again. A start recorded for other tokens is ignored."""
+    again, and an unsteered decode's own log-probabilities are taken as they are. A start recorded for other
+    tokens is ignored."""
     from transformers import DynamicCache
 
     device = next(plain.parameters()).device
     out: list[list[float]] = [[] for _ in pairs]
-    scored = [i for i, (_, r) in enumerate(pairs) if r]
+    layer_of = {i: usable_start(starts[i] if starts is not None else None, r) for i, (_, r) in enumerate(pairs) if r}
+    for i in list(layer_of):  # decoded unsteered: the decode's own log-probabilities are the scores
+        if layer_of[i] and starts[i].logprobs is not None:
+            out[i] = starts[i].logprobs[: len(pairs[i][1])].tolist()
+            del layer_of[i]
+            states.resumed += 1
+    scored = list(layer_of)
     states.fill(plain, [pairs[i][0] for i in scored], batch_size)
-    layer_of = {i: usable_start(starts[i] if starts is not None else None, pairs[i][1]) for i in scored}
     batches = []
     for start_layer in sorted(set(layer_of.values())):
         group = [i for i in scored if layer_of[i] == start_layer]

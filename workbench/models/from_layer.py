@@ -26,11 +26,16 @@ from .plain import decoder_layers
 class LayerStart:
     """The unsteered residual stream entering decoder layer ``layer`` at the response tokens fed back while
     decoding (``hidden[t]``: input ``t``, that is ``tokens[t]``; the last token is never fed, so at most
-    ``len(tokens) - 1`` rows are needed), and the generated ``tokens`` it belongs to."""
+    ``len(tokens) - 1`` rows are needed), and the generated ``tokens`` it belongs to.
+
+    ``logprobs``: for a response decoded with no steering at all, the log-probability of each of its tokens
+    under the decoding model, which is the unsteered score itself (``layer`` is then the number of layers and
+    ``hidden`` is empty)."""
 
     layer: int
     hidden: Float[torch.Tensor, "fed d_model"]
     tokens: tuple[int, ...]
+    logprobs: Float[torch.Tensor, "tokens"] | None = None
 
 
 def first_changed_layer(specs: Sequence[Any]) -> int | None:
