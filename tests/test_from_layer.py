@@ -149,3 +149,12 @@ def test_prompt_passes_started_from_kept_states_give_the_same_tokens(tiny, one_t
     for i, (specs, _) in enumerate(settings[1:4], start=1):
         with wb.steer(tiny, *specs):
             assert full[i * 3:(i + 1) * 3] == wb.generate(tiny, PROMPTS, max_new_tokens=N, batch_size=3, return_tokens=True)
+
+
+def test_bad_state_arguments_are_one_line_errors(tiny):
+    with pytest.raises(WorkbenchError, match="unsteered_states must be a list"):
+        wb.generate(tiny, PROMPTS, max_new_tokens=2, unsteered_states=())
+    with pytest.raises(WorkbenchError, match=r"PromptStates\(keep_hidden=True\)"):
+        wb.generate(tiny, PROMPTS, max_new_tokens=2, prompt_states=PromptStates())
+    with pytest.raises(WorkbenchError, match=r"PromptStates\(keep_hidden=True\)"):
+        wb.generate(tiny, PROMPTS, max_new_tokens=2, prompt_states={})

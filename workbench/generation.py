@@ -183,6 +183,14 @@ def generate(
         raise WorkbenchError("sampling needs temperature > 0 and 0 < top_p <= 1")
     info = model_info(model)
     check_backend(backend, GENERATION_BACKENDS)
+    if unsteered_states is not None and not isinstance(unsteered_states, list):
+        raise WorkbenchError(f"generate: unsteered_states must be a list to fill, got {type(unsteered_states).__name__}")
+    if prompt_states is not None:
+        from .evaluation.prompt_states import PromptStates
+
+        if not isinstance(prompt_states, PromptStates) or not prompt_states.keep_hidden:
+            raise WorkbenchError("generate: prompt_states must be a PromptStates(keep_hidden=True) (prompt passes start "
+                                 f"from its kept hidden states), got {prompt_states!r:.60}")
     rows_steering = None
     if row_steering is not None:
         if isinstance(row_steering, (str, bytes)) or len(row_steering) != len(prompts):
