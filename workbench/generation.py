@@ -238,13 +238,13 @@ def generate(
             gen = torch.Generator().manual_seed(seed + start) if do_sample else None
             specs = (info.active_specs if batch_rows is None
                      else [list(info.active_specs) + list(row) for row in batch_rows.specs])
-            if packed and backend != "compiled" and unsteered_states is not None:
+            eager = backend != "compiled"  # a packed batch on the plain path (the compiled step keeps fixed shapes)
+            if eager and unsteered_states is not None:
                 capture = Capture([first_changed_layer(row) for row in specs], scored=[not row for row in specs])
             out = static_decoder_for(model).generate(
                 ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad,
                 lambda logits: _pick(logits, do_sample, temperature, top_p, gen), per_row=batch_rows is not None,
-                eager=backend != "compiled", capture=capture,
-                prompt_states=prompt_states if packed and backend != "compiled" else None, states_model=plain,
+                eager=eager, capture=capture, prompt_states=prompt_states if eager else None, states_model=plain,
             )
         elif use_cache and plain is not None:
             with contextlib.ExitStack() as stack:

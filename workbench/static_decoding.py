@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float, Int
 
 from .errors import WorkbenchError
+from .evaluation.prompt_states import window_fits
 from .models.attention import use_sdpa_gqa
 from .models.from_layer import first_changed_layer, from_layer
 from .models.plain import build_plain_model, decoder_layers, layer_input, layer_output, with_layer_input, with_layer_output
@@ -32,14 +33,6 @@ from .steering.spec import SteeringSpec
 BUCKET = 128  # cache lengths are rounded up to a multiple of this, so prompts of similar length share a compile
 STATES_BATCH = 32  # prompts run at a time to fill kept prompt states (each keeps every layer's output)
 COMPACT_SHARE = 0.125  # eager decoding drops ended rows once they are this share of the batch (or one row)
-
-
-def states_fit(model: torch.nn.Module, length: int) -> bool:
-    """Whether prompt passes can start from kept states on ``model``: no attention window shorter than a row
-    (a sliding cache keeps a window, not the prompt's every position)."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    window = getattr(config, "sliding_window", None)
-    return window is None or length < int(window)
 
 
 def attend_to_written(cache: Any) -> None:
@@ -111,10 +104,11 @@ class Capture:
     logprobs: Float[torch.Tensor, "batch new"] | None = None  # log p(token) of the ``scored`` rows, per step
     step: int | None = None  # the decoding step being computed (None during the prompt)
     alive: torch.Tensor | None = None  # the original row of each row still decoding
+    scored_mask: torch.Tensor | None = None  # ``scored`` as a tensor, set with ``logprobs``
 
     def scored_rows(self, alive: torch.Tensor) -> torch.Tensor | None:
         """Positions in the current batch (original rows ``alive``) of the rows whose log-probabilities are kept."""
-        scored = torch.tensor(list(self.scored), dtype=torch.bool, device=alive.device)[alive]
+        scored = self.scored_mask[alive]
         return scored.nonzero()[:, 0] if bool(scored.any()) else None
 
 
@@ -126,6 +120,7 @@ def capturing(blocks: torch.nn.ModuleList, capture: Capture, batch: int, max_new
     capture.hidden = torch.zeros(batch, max_new_tokens, d_model, dtype=dtype, device=device)
     if any(capture.scored):
         capture.logprobs = torch.zeros(batch, max_new_tokens, device=device)
+        capture.scored_mask = torch.tensor(list(capture.scored), dtype=torch.bool, device=device)
 
     def watch(layer: int):
         def fn(module: torch.nn.Module, args: tuple, output: Any) -> None:
@@ -250,7 +245,7 @@ class StaticDecoder:
         tokens = torch.full((batch, max_new_tokens), pad, dtype=torch.long, device=ids.device)
         alive = torch.arange(batch, device=ids.device)  # the original row of each row still decoding
         rows = list(specs) if per_row else [specs]
-        if prompt_states is not None and eager and per_row and states_fit(self.model, length):
+        if prompt_states is not None and eager and per_row and window_fits(self.model, length):
             logits = self._prefill_from_states(prompt_states, states_model, ids, mask, positions, rows, cache)
         else:
             self.slots.load_rows(rows, "prompt")

@@ -79,9 +79,16 @@ class PromptStates:
             _, old = self.entries.popitem(last=False)
             self.nbytes -= old.nbytes
 
-
     def _has(self, key: tuple[int, ...]) -> bool:
         return key in self.entries and (not self.keep_hidden or self.entries[key].hidden is not None)
+
+
+def window_fits(plain: Any, length: int) -> bool:
+    """Whether rows of ``length`` tokens fit within ``plain``'s sliding attention window, if it has one (a sliding
+    cache keeps only the window, not a prompt's every position)."""
+    config = plain.config.get_text_config() if hasattr(plain.config, "get_text_config") else plain.config
+    window = getattr(config, "sliding_window", None)
+    return window is None or length < int(window)
 
 
 def fits(plain: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> bool:
@@ -89,11 +96,9 @@ def fits(plain: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> bo
     as long as a sliding attention window (whose cache would drop the prompt's first tokens)."""
     from transformers import DynamicCache
 
-    config = plain.config.get_text_config() if hasattr(plain.config, "get_text_config") else plain.config
-    window = getattr(config, "sliding_window", None)
-    longest = max((len(p) + len(r) for p, r in pairs), default=0)
-    if window is not None and longest >= int(window):
+    if not window_fits(plain, max((len(p) + len(r) for p, r in pairs), default=0)):
         return False
+    config = plain.config.get_text_config() if hasattr(plain.config, "get_text_config") else plain.config
     try:
         cache = DynamicCache(config=plain.config)
     except Exception:  # noqa: BLE001 - an architecture whose cache cannot be built from its config
