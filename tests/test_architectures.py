@@ -18,6 +18,7 @@ import workbench as wb
 from workbench.evaluation.prompt_states import PromptStates
 from workbench.cli import main
 from workbench.models.check import CHECK_PROMPTS, SETTINGS, check_model
+from workbench.models.loading import model_info
 from workbench.models.twins import TWINS, WINDOW, build_twin
 
 COMPILED = {"llama3"}
@@ -100,6 +101,7 @@ def test_packed_rows_match_each_setting_alone(twin_dir, family):
     n = len(CHECK_PROMPTS)
     assert [packed[i * n:(i + 1) * n] for i in range(len(settings))] == alone
     # prompt passes started from kept unsteered states (where no window is shorter than a row)
+    states = PromptStates(keep_hidden=True, prefix=model_info(model).formatter.template_prefix())
     started = wb.generate(model, prompts, max_new_tokens=N_NEW, batch_size=len(prompts), return_tokens=True,
-                          row_steering=rows, prompt_states=PromptStates(keep_hidden=True))
+                          row_steering=rows, prompt_states=states)
     assert started == packed

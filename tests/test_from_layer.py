@@ -80,6 +80,24 @@ def test_unsteered_states_are_the_unsteered_models_residual_stream(tiny, one_thr
                                  row_steering=rows)
 
 
+def test_a_packed_call_of_unsteered_rows_only_decodes_eagerly_and_scores_from_its_decode(tiny, one_thread):
+    """The unsteered conditions of a run with no selection are one packed call with no steered row: it still takes
+    the eager loop (the same tokens as a plain call), so each response's perplexity is its own decode's."""
+    from workbench.experiments.conditions import GenerationMemo
+
+    states: list = []
+    tokens = wb.generate(tiny, PROMPTS, max_new_tokens=N, batch_size=2, return_tokens=True,
+                         row_steering=[[] for _ in PROMPTS], unsteered_states=states)
+    assert tokens == wb.generate(tiny, PROMPTS, max_new_tokens=N, batch_size=2, return_tokens=True)
+    assert all(s is not None and s.logprobs is not None and list(s.tokens) == t for s, t in zip(states, tokens))
+    memo = GenerationMemo(tiny, max_new_tokens=N)
+    texts = memo.generate_many([(PROMPTS, [])])[0]
+    ppl = memo.perplexities(tiny, PROMPTS, texts, batch_size=4)
+    usable = sum(list(s.tokens[: len(r)]) == r for s, (_, r) in zip(states, quality._encode_pairs(tiny, PROMPTS, texts, False)))
+    assert usable >= 1 and memo.prompt_states[model_info(tiny).name].resumed == usable
+    assert ppl == [pytest.approx(x, rel=1e-4) for x in quality.response_perplexities(tiny, PROMPTS, texts, batch_size=4)]
+
+
 def test_scoring_from_a_start_equals_the_full_pass(tiny, one_thread):
     settings = _settings(tiny)
     prompts = [p for _ in settings for p in PROMPTS]
@@ -132,19 +150,21 @@ def test_hidden_states_given_to_a_layer_are_what_it_computes_from(tiny):
             plain(input_ids=ids)
 
 
-@pytest.mark.parametrize("batch_size", [21, 5])
-def test_prompt_passes_started_from_kept_states_give_the_same_tokens(tiny, one_thread, batch_size):
+@pytest.mark.parametrize("batch_size,shared", [(21, False), (5, False), (21, True)])
+def test_prompt_passes_started_from_kept_states_give_the_same_tokens(tiny, one_thread, batch_size, shared):
     """Every mode, position setting and hook, steered at layers 0-3 (the prompt pass from no layer, from a middle
-    layer, or only the final norm's input): the tokens of the full prompt pass, and of each setting alone."""
+    layer, or only the final norm's input): the tokens of the full prompt pass, and of each setting alone; also
+    when the states run the chat template's shared prefix once."""
     settings = _settings(tiny)
     prompts = [p for _ in settings for p in PROMPTS]
     rows = [specs for specs, _ in settings for _ in PROMPTS]
     full = wb.generate(tiny, prompts, max_new_tokens=N, batch_size=batch_size, return_tokens=True, row_steering=rows)
-    states = PromptStates(keep_hidden=True)
+    states = PromptStates(keep_hidden=True, prefix=model_info(tiny).formatter.template_prefix() if shared else ())
     started = wb.generate(tiny, prompts, max_new_tokens=N, batch_size=batch_size, return_tokens=True,
                           row_steering=rows, prompt_states=states)
     assert started == full
     assert states.runs == len(PROMPTS) and all(s.hidden.shape[0] == 4 for s in states.entries.values())
+    assert states.shared == (len(PROMPTS) if shared else 0)
     assert len({str(full[i * 3:(i + 1) * 3]) for i in range(len(settings))}) == len(settings)
     for i, (specs, _) in enumerate(settings[1:4], start=1):
         with wb.steer(tiny, *specs):

@@ -44,6 +44,7 @@ def test_packed_sweep_records_what_one_unit_at_a_time_records(tiny, targets, tmp
     assert_same_records([packed.records, packed.selection, packed.baselines], [one.records, one.selection, one.baselines])
     assert len({tuple(r["responses"]) for r in a.values()}) > 8, "cells should decode differently"
     assert packed.stats["max_batch"] == 9 and one.stats["max_batch"] is None
+    assert packed.stats["packs"] == 7 and one.stats["packs"] == 28  # 28 units: packs of 4, or one a pack
 
 
 def test_killed_packed_sweep_loses_one_pack_and_resumes_to_the_same_tables(tiny, targets, tmp_path, monkeypatch, one_thread):

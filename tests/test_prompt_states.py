@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import workbench.evaluation.quality as quality
-from workbench.evaluation.prompt_states import PromptStates, fits, length_batches, response_logprobs_cached
+from workbench.evaluation.prompt_states import MIN_SHARED_PREFIX, PromptStates, fits, length_batches, response_logprobs_cached
+from workbench.models.loading import model_info
 from workbench.models.plain import plain_model_for
 
 PROMPTS = ["Hi.", "Explain why the sky is blue.", "Hi.", "Write a story about a fox who finds a lantern at night."]
@@ -41,6 +42,35 @@ def test_cached_scoring_is_independent_of_the_other_rows(tiny):
     for i, pair in enumerate(pairs):
         alone = response_logprobs_cached(plain, [pair], PromptStates(), batch_size=1)[0]
         assert alone == pytest.approx(together[i], abs=1e-5)
+
+
+@pytest.mark.parametrize("keep_hidden", [False, True])
+def test_a_shared_prefix_runs_once_and_each_prompt_keeps_its_own_state(tiny, keep_hidden):
+    """States run on the chat template's prefix (run once) are those of each prompt run whole, within float noise;
+    a prompt that does not start with the prefix runs whole."""
+    plain = plain_model_for(tiny)
+    formatter = model_info(tiny).formatter
+    prefix = formatter.template_prefix()
+    ids = [tuple(formatter.token_ids(p)) for p in dict.fromkeys(PROMPTS)] + [tuple(range(5, 30))]
+    assert len(prefix) >= MIN_SHARED_PREFIX and all(k[: len(prefix)] == prefix for k in ids[:-1])
+    whole, shared = PromptStates(keep_hidden=keep_hidden), PromptStates(keep_hidden=keep_hidden, prefix=prefix)
+    whole.fill(plain, ids, 4)
+    shared.fill(plain, ids, 2)  # a ragged chunk and a lone prompt off the prefix
+    assert (whole.shared, shared.shared, shared.runs) == (0, len(ids) - 1, len(ids))
+    for key in ids:
+        a, b = whole.entries[key], shared.entries[key]
+        assert a.length == b.length == len(key)
+        for (ka, va), (kb, vb) in zip(a.kv, b.kv):
+            torch.testing.assert_close(kb, ka, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(vb, va, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(b.next_logprobs, a.next_logprobs, atol=1e-5, rtol=1e-5)
+        if keep_hidden:
+            assert b.hidden.shape == a.hidden.shape
+            torch.testing.assert_close(b.hidden, a.hidden, atol=1e-5, rtol=1e-5)
+    # and the default store of response_nlls runs on the prefix: the same scores as the whole prompts
+    pairs = quality._encode_pairs(tiny, PROMPTS, RESPONSES, False)
+    assert response_logprobs_cached(plain, pairs, PromptStates(prefix=prefix), 4) == [
+        pytest.approx(r, abs=1e-5) for r in response_logprobs_cached(plain, pairs, PromptStates(), 4)]
 
 
 def test_prompt_states_stay_within_their_byte_budget(tiny):

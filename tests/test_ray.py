@@ -125,6 +125,7 @@ def test_ray_reproduce_gives_the_local_csv(ray_cluster, tiny, tmp_path):
     assert_same_records(_records(a / "sweep.jsonl"), _records(b / "sweep.jsonl"))  # local: 1 pack of 14 units; ray: 2 packs of 7
     stats = json.loads((b / "config.json").read_text())["sweep"]
     assert stats["executor"] == "ray" and stats["workers"] == 2 and stats["units_run"] == 14 and stats["max_batch"] == 160
+    assert stats["packs"] == 2 and json.loads((a / "config.json").read_text())["sweep"]["packs"] == 1
     assert json.loads((b / "config.json").read_text())["config"]["executor"] == "ray"
 
 

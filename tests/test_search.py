@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -76,6 +77,46 @@ def test_cell_score_equals_bridge_computation(tiny, title_direction, mode, stren
         assert rec["n"] == len(kept) >= 3
         assert abs(rec["score"] - expected) < 1e-4, (rec, expected)
     assert any(abs(r["score"]) > 1e-3 for r in scores)  # steering moved something: the check above is not 0 == 0
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("hook,layer,mode", [("resid_post", 1, "project"), ("resid_post", 3, "add"), ("resid_pre", 2, "add"),
+                                             ("resid_pre", 0, "add"), ("resid_post", 0, "project")])
+def test_cells_resume_from_the_kept_unsteered_states_with_the_same_logprobs(tiny, title_direction, hook, layer, mode, shared):
+    """A cell's pass starts at its first steered layer from the unsteered pass's states, the chat template's prefix
+    run once (``shared``): the full pass's log-probabilities (bit for bit without the prefix, within float noise with
+    it), and the layers before it do not run."""
+    from workbench.experiments.search import _batches, _score_batches, response_logprobs
+    from workbench.models.from_layer import first_changed_layer
+    from workbench.models.plain import decoder_layers, plain_model_for
+
+    data, direction = title_direction
+    plain = plain_model_for(tiny)
+    formatter = model_info(tiny).formatter
+    tok = tiny.tokenizer
+    pairs = [(tuple(formatter.token_ids(p)), tuple(tok(" Title <<x>> and more text")["input_ids"][: 2 + i]))
+             for i, p in enumerate(data.prompts())]
+    pairs.append((pairs[0][0], ()))  # an empty response: no row
+    prefix = formatter.template_prefix() if shared else ()
+    spec = dataclasses.replace(steering_spec(direction, layer, 1.5, mode), hook=hook)
+    first = first_changed_layer([spec])
+    rows = _batches(pairs, 3, 0, prefix)  # two batches, the last ragged
+    assert rows.prefix == tuple(prefix) and (len(prefix) >= 4 or not shared)
+    same = torch.equal if not shared else (lambda a, b: torch.allclose(a, b, atol=1e-5, rtol=1e-5))
+    base = _score_batches(plain, pairs, rows, None, record=[first])
+    assert all(same(a, b) for a, b in zip(base, response_logprobs(plain, pairs, None, 3)))
+    calls = []
+    handle = decoder_layers(plain)[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        resumed = _score_batches(plain, pairs, rows, spec)
+    finally:
+        handle.remove()
+    # layer 0 ran only where nothing could be skipped: per batch, and once for the prefix
+    assert len(calls) == (0 if first else len(rows.batches) + bool(shared))
+    full = response_logprobs(plain, pairs, spec, 3)  # no prefix, no kept states: every layer of every row runs
+    assert [t.numel() for t in resumed] == [t.numel() for t in full] and resumed[-1].numel() == 0
+    assert all(same(a, b) for a, b in zip(resumed, full))
+    assert any(not torch.allclose(a, b) for a, b in zip(resumed, base) if a.numel())  # the spec did steer
 
 
 def test_zero_add_scores_zero_and_responses_come_from_the_memo(tiny, title_direction):

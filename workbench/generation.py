@@ -229,9 +229,11 @@ def generate(
         if do_sample:
             torch.manual_seed(seed + start)
         batch_rows = None if rows_steering is None else rows_steering.rows(start, start + batch_size)
-        if batch_rows is not None and not batch_rows:
-            batch_rows = None  # no row of this batch is steered on its own
+        # a greedy per-row batch, even one whose rows are all unsteered (a packed call of the unsteered conditions):
+        # the eager loop, which drops rows as they end and records what scoring their perplexity needs
         packed = use_cache and plain is not None and batch_rows is not None and not do_sample  # (plain is None on "bridge")
+        if batch_rows is not None and not batch_rows and not (packed and backend != "compiled"):
+            batch_rows = None  # no row of this batch is steered on its own
         capture = None
         if use_cache and backend == "compiled" or packed:
             # compiled, or a greedy per-row batch: the workbench's own loop, which drops rows as they end (eager)

@@ -4,9 +4,10 @@ The perplexity of a steered response is measured under the unsteered model, give
 it once per (layer, strength) cell, so the same validation prompt is run again and again; here each formatted
 prompt runs once (left-padded in a batch of the prompts not kept yet, positions counted from its own first
 token) and its KV cache and next-token log-probabilities are kept, in a store bounded in bytes. Responses are then scored in batches of
-similar length on top of the cached prompts: prompt tokens and most padding are never recomputed. Example::
+similar length on top of the cached prompts: prompt tokens and most padding are never recomputed. The tokens every
+prompt starts with (``prefix``: a chat template's system turn, ``PromptFormatter.template_prefix()``) run once. Example::
 
-    states = PromptStates()
+    states = PromptStates(prefix=model_info(model).formatter.template_prefix())
     logp = response_logprobs_cached(plain_model, [(prompt_ids, response_ids), ...], states, batch_size=20)
 """
 
@@ -24,6 +25,7 @@ from ..models.from_layer import LayerStart, from_layer
 from ..models.plain import decoder_layers, layer_output
 
 MAX_PAD_SHARE = 0.2  # a scoring batch grows while its padding stays under this share of its response tokens
+MIN_SHARED_PREFIX = 4  # tokens; a shorter shared prefix runs with each prompt (not worth its own pass)
 
 
 @dataclass
@@ -51,10 +53,13 @@ class PromptStates:
 
     max_bytes: int = 1 << 30
     keep_hidden: bool = False  # also keep every layer's output (packed decoding starts prompts from them)
+    prefix: tuple[int, ...] = ()  # tokens most prompts start with (a chat template's system turn): run once, shared
     entries: OrderedDict = field(default_factory=OrderedDict)
     nbytes: int = 0
     runs: int = 0  # prompts run (misses)
+    shared: int = 0  # prompts run on the kept ``prefix`` state instead of from their first token
     resumed: int = 0  # responses scored from a steered decode's hidden states (a LayerStart), not from the embeddings
+    _prefix: PromptState | None = field(default=None, repr=False)
 
     def get(self, plain: Any, prompt: Sequence[int]) -> PromptState:
         """The state of one prompt, run now if it is not kept."""
@@ -67,17 +72,32 @@ class PromptStates:
     def fill(self, plain: Any, prompts: Sequence[Sequence[int]], batch_size: int) -> None:
         """Run the prompts not kept yet, ``batch_size`` at a time, and keep them."""
         missing = list(dict.fromkeys(tuple(p) for p in prompts if not self._has(tuple(p))))
-        for start in range(0, len(missing), batch_size):
-            chunk = missing[start:start + batch_size]
-            for key, state in zip(chunk, _run_prompts(plain, chunk, self.keep_hidden)):
-                self.runs += 1
-                if key in self.entries:
-                    self.nbytes -= self.entries.pop(key).nbytes
-                self.entries[key] = state
-                self.nbytes += state.nbytes
+        n = len(self.prefix)
+        shared = [p for p in missing if n >= MIN_SHARED_PREFIX and len(p) > n and p[:n] == self.prefix]
+        prefix = self._prefix_state(plain) if shared else None  # every prompt with the prefix runs on it, even alone
+        alone = [p for p in missing if p not in set(shared)]
+        for group, on in ((shared, prefix), (alone, None)):
+            for start in range(0, len(group), batch_size):
+                chunk = group[start:start + batch_size]
+                self.shared += len(chunk) if on is not None else 0
+                self._keep(chunk, _run_prompts(plain, chunk, self.keep_hidden, on))
         while self.nbytes > self.max_bytes and len(self.entries) > 1:
             _, old = self.entries.popitem(last=False)
             self.nbytes -= old.nbytes
+
+    def _prefix_state(self, plain: Any) -> PromptState:
+        """The state of :attr:`prefix` alone, run once (kept outside the byte budget: one short prompt)."""
+        if self._prefix is None:
+            self._prefix = _run_prompts(plain, [self.prefix], self.keep_hidden)[0]
+        return self._prefix
+
+    def _keep(self, chunk: Sequence[tuple[int, ...]], states: Sequence[PromptState]) -> None:
+        for key, state in zip(chunk, states):
+            self.runs += 1
+            if key in self.entries:
+                self.nbytes -= self.entries.pop(key).nbytes
+            self.entries[key] = state
+            self.nbytes += state.nbytes
 
     def _has(self, key: tuple[int, ...]) -> bool:
         return key in self.entries and (not self.keep_hidden or self.entries[key].hidden is not None)
@@ -106,33 +126,55 @@ def fits(plain: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> bo
     return len(cache.layers) == int(config.num_hidden_layers)
 
 
-def _run_prompts(plain: Any, prompts: Sequence[tuple[int, ...]], keep_hidden: bool = False) -> list[PromptState]:
+def _run_prompts(plain: Any, prompts: Sequence[tuple[int, ...]], keep_hidden: bool = False,
+                 prefix: PromptState | None = None) -> list[PromptState]:
     """Left-padded, so every prompt ends at the last position (one logits row each); pads are masked out and
     positions count from each prompt's first token, so a prompt's cache is what it would be alone.
-    ``keep_hidden``: also keep each decoder layer's output (the input of the next; the last: the final norm's)."""
+    ``keep_hidden``: also keep each decoder layer's output (the input of the next; the last: the final norm's).
+    ``prefix``: the state of the tokens every prompt starts with; only the rest of each prompt runs, on top of it
+    (pads sit between the prefix and the rest, masked out), and each state is the prefix's joined to the rest's."""
+    from transformers import DynamicCache
+
     device = next(plain.parameters()).device
-    width = max(len(p) for p in prompts)
+    skip = 0 if prefix is None else prefix.length
+    rest = [p[skip:] for p in prompts]
+    width = max(len(p) for p in rest)
     ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
     mask = torch.zeros_like(ids)
-    for j, p in enumerate(prompts):
+    for j, p in enumerate(rest):
         ids[j, width - len(p):] = torch.tensor(p, device=device)
         mask[j, width - len(p):] = 1
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    positions = skip + (mask.cumsum(-1) - 1).clamp_min(0)
+    run: dict[str, Any] = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    if prefix is not None:
+        cache = DynamicCache(config=plain.config)
+        for layer, (k, v) in enumerate(prefix.kv):
+            cache.update(k.expand(len(prompts), -1, -1, -1).contiguous(), v.expand(len(prompts), -1, -1, -1).contiguous(), layer)
+        run.update(attention_mask=torch.cat([mask.new_ones(len(prompts), skip), mask], dim=1), past_key_values=cache)
     outputs: list[torch.Tensor] = []
     handles = [block.register_forward_hook(lambda m, a, out: outputs.append(layer_output(out)))
                for block in (decoder_layers(plain) if keep_hidden else [])]
     try:
-        out = plain(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        out = plain(**run)
     finally:
         for handle in handles:
             handle.remove()
     hidden = torch.stack(outputs, dim=1) if keep_hidden else None  # [batch, layer, width, d_model]
     logprobs = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
     layers = out.past_key_values.layers
-    return [PromptState(kv=[(layer.keys[j:j + 1, :, width - len(p):].clone(), layer.values[j:j + 1, :, width - len(p):].clone())
-                            for layer in layers], next_logprobs=logprobs[j].clone(),
-                        hidden=None if hidden is None else hidden[j, :, width - len(p):].clone())
-            for j, p in enumerate(prompts)]
+
+    def joined(own: torch.Tensor, shared: torch.Tensor | None) -> torch.Tensor:
+        return own.clone() if shared is None else torch.cat([shared, own], dim=-2)
+
+    states = []
+    for j, p in enumerate(rest):
+        at = skip + width - len(p)  # this row's first own position in the cache
+        kv = [(joined(layer.keys[j:j + 1, :, at:], None if prefix is None else prefix.kv[i][0]),
+               joined(layer.values[j:j + 1, :, at:], None if prefix is None else prefix.kv[i][1])) for i, layer in enumerate(layers)]
+        own = None if hidden is None else hidden[j, :, width - len(p):]
+        states.append(PromptState(kv=kv, next_logprobs=logprobs[j].clone(),
+                                  hidden=None if own is None else joined(own, None if prefix is None else prefix.hidden)))
+    return states
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, max_pad_share: float = MAX_PAD_SHARE) -> list[list[int]]:

@@ -83,8 +83,9 @@ def response_nlls(
     if plain is not None and pairs and fits(plain, pairs):
         if starts is not None and len(starts) != len(pairs):
             raise WorkbenchError(f"{len(pairs)} responses but {len(starts)} starts")
-        logps = response_logprobs_cached(plain, pairs, states if states is not None else PromptStates(), batch_size,
-                                         starts)
+        if states is None:
+            states = PromptStates(prefix=model_info(model).formatter.template_prefix())
+        logps = response_logprobs_cached(plain, pairs, states, batch_size, starts)
         return [[-v for v in row] for row in logps]
     pad = model.tokenizer.pad_token_id or 0
     device = model.cfg.device

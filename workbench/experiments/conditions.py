@@ -72,7 +72,7 @@ class GenerationMemo:
         name = model_info(reference).name
         key = hashlib.sha256(json.dumps([name, batch_size, list(prompts), list(responses)]).encode()).hexdigest()
         if key not in self.scored:
-            states = self.prompt_states.setdefault(name, PromptStates())
+            states = self.prompt_states.setdefault(name, PromptStates(prefix=model_info(reference).formatter.template_prefix()))
             starts = [self.starts.get((p, r)) for p, r in zip(prompts, responses)] if reference is self.model else None
             t0 = time.perf_counter()
             self.scored[key] = response_perplexities(reference, prompts, responses, batch_size=batch_size, states=states,
@@ -86,7 +86,7 @@ class GenerationMemo:
         name = model_info(self.model).name
         states = self.prompt_states.get(name)
         if states is None or not states.keep_hidden:
-            states = self.prompt_states[name] = PromptStates(keep_hidden=True)
+            states = self.prompt_states[name] = PromptStates(keep_hidden=True, prefix=model_info(self.model).formatter.template_prefix())
         return states
 
     def generate_many(self, requests: Sequence[tuple[Sequence[str], Sequence[SteeringSpec]]],

@@ -70,7 +70,8 @@ class LocalExecutor(Executor):
     def run(self, job: SweepJob, units: Sequence[Unit], deliver: Deliver, say: Callable[[str], None]) -> None:
         unit_s: list[float] = []
         driver_s: list[float] = []
-        for pack in job.packs(units):
+        packs = job.packs(units)
+        for pack in packs:
             first = pack[0].describe() if len(pack) == 1 else f"{len(pack)} units, from {pack[0].describe()}"
             say(f"  sweep [{job.done + 1}/{job.total}] {first}")
             t0 = time.perf_counter()
@@ -81,7 +82,7 @@ class LocalExecutor(Executor):
             unit_s.extend([(t1 - t0) / len(pack)] * len(pack))
             driver_s.extend([(time.perf_counter() - t1) / len(pack)] * len(pack))
         job.stats.update({"executor": "local", "workers": 1, "unit_s": unit_s, "driver_s": driver_s,
-                          "max_batch": job.max_batch})
+                          "max_batch": job.max_batch, "packs": len(packs)})
 
 
 def make_executor(name: str | Executor | None = "local", address: str | None = None, workers: int | None = None,
@@ -117,4 +118,5 @@ def sweep_stats(result: Any) -> dict[str, Any]:
                                       if units and elapsed - st.get("startup_s", 0.0) > 0 else None),
         "worker_failures": st.get("worker_failures", []),
         "max_batch": st.get("max_batch"),  # rows per packed decode batch, per Ray actor too (None: one unit at a time)
+        "packs": st.get("packs"),  # decode batches the units ran in (one per unit when packing is off)
     }

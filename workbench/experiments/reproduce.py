@@ -480,7 +480,7 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None,
                                          "d_model": int(model.cfg.d_model), "prompt_style": model_info(model).prompt_style},
         "reference_model": model_info(reference).name, "selection": result["selection"], "notes": run.notes,
         "eval_data": None if run.eval_report is None else run.eval_report.to_dict(),
-        "generate_calls": memo.calls, "sweep": run.sweep_stats, "elapsed_s": round(elapsed, 1), "load_average": [load_start, _load()],
+        "generate_calls": memo.calls, "memo_seconds": {k: round(v, 1) for k, v in memo.seconds.items()}, "sweep": run.sweep_stats, "elapsed_s": round(elapsed, 1), "load_average": [load_start, _load()],
         "cpu_count": os.cpu_count(), "workbench_version": __version__,
         "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(), "files": files,
     })

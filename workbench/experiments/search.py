@@ -15,20 +15,24 @@ high. One forward pass per validation prompt and cell (plus one unsteered pass p
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import numbers
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from ..errors import LayerError, SteeringError, WorkbenchError
+from ..evaluation.prompt_states import MIN_SHARED_PREFIX, window_fits
 from ..evaluation.quality import _encode_pairs, pad_right
 from ..generation import check_count
 from ..models.loading import model_info
 from ..models.prompts import ContextLengthError
-from ..models.plain import plain_model_for
+from ..models.from_layer import first_changed_layer, from_layer
+from ..models.plain import decoder_layers, layer_output, plain_model_for
 from ..steering import SteeringSpec, hf_steer, resolve_specs
 from .conditions import GenerationMemo
 from .sweep import SweepTarget, steering_spec
@@ -93,7 +97,137 @@ def _plain_for_scoring(model: Any, memo: GenerationMemo) -> torch.nn.Module:
     return plain
 
 
+@dataclass
+class _Batch:
+    """One right-padded batch of teacher-forced rows: ``idx`` into the pairs, and the unsteered residual stream
+    entering each kept layer at the positions after the shared prefix (``inputs[layer]: [rows, width - prefix,
+    d_model]``), filled by an unsteered pass."""
+
+    idx: list[int]
+    ids: torch.Tensor
+    mask: torch.Tensor
+    p_lens: list[int]
+    inputs: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class _Rows:
+    """Teacher-forced rows in batches, all starting with ``prefix`` (a chat template's system turn; may be empty):
+    each pass runs the prefix once, as one row, and the batches on its KV cache. The unsteered pass keeps the
+    prefix's KV cache and its residual stream entering each kept layer (``prefix_inputs[layer]: [1, prefix, d]``)."""
+
+    batches: list[_Batch]
+    prefix: tuple[int, ...] = ()
+    prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    prefix_inputs: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+def _batches(pairs: Sequence[Pair], batch_size: int, pad_id: int, prefix: Sequence[int] = ()) -> _Rows:
+    """The non-empty rows sorted by length, in right-padded batches of ``batch_size``; ``prefix`` is shared when
+    every such prompt starts with it and is longer (the positions scored all come after it)."""
+    order = sorted((i for i, (_, r) in enumerate(pairs) if r), key=lambda i: (len(pairs[i][0]), len(pairs[i][1])))
+    n = len(prefix)
+    if n < MIN_SHARED_PREFIX or not all(len(pairs[i][0]) > n and tuple(pairs[i][0][:n]) == tuple(prefix) for i in order):
+        prefix = ()
+    out = []
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        ids, mask = pad_right([list(pairs[i][0]) + list(pairs[i][1]) for i in idx], pad_id)
+        out.append(_Batch(idx, ids, mask, [len(pairs[i][0]) for i in idx]))
+    return _Rows(out, tuple(prefix))
+
+
+@contextlib.contextmanager
+def _recording(plain: torch.nn.Module, into: dict[int, torch.Tensor], layers: Sequence[int]) -> Iterator[None]:
+    """Keep the residual stream entering each of ``layers`` (> 0) in ``into`` during one forward pass."""
+    blocks = decoder_layers(plain)
+
+    def keep(layer: int):
+        def fn(module: torch.nn.Module, args: tuple, output: Any) -> None:
+            into[layer] = layer_output(output).detach().clone()
+
+        return fn
+
+    handles = [blocks[k - 1].register_forward_hook(keep(k)) for k in sorted(set(layers)) if 0 < k <= len(blocks)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _resumable(spec: SteeringSpec | None) -> int | None:
+    """The first layer a steered pass of ``spec`` can start at from kept unsteered states (0: from the embeddings,
+    on the kept prefix); None: every layer from the embeddings, no prefix (a spec that steers only some positions,
+    or hooks elsewhere)."""
+    if spec is None:
+        return 0
+    return first_changed_layer([spec]) if spec.positions == "all" else None
+
+
+def _entering(spec: SteeringSpec | None, first: int, kept: dict[int, torch.Tensor]) -> tuple[int, torch.Tensor] | None:
+    """``from_layer`` arguments: the kept unsteered stream entering ``first``, with a ``resid_post`` spec's own
+    shift applied (its layer is skipped); None from the embeddings."""
+    if not first or first not in kept:
+        return None
+    hidden = kept[first]
+    return first, spec.apply(hidden, None) if spec is not None and spec.hook == "resid_post" else hidden
+
+
+def _prefix_cache(plain: torch.nn.Module, rows: _Rows, spec: SteeringSpec | None, first: int, record: Sequence[int]) -> Any:
+    """The prefix's KV cache under ``spec`` (one row): unsteered, it is run whole and kept in ``rows``; steered, its
+    layers before ``first`` are the kept unsteered ones and the rest run from the kept stream entering ``first``."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=plain.config)
+    ids = torch.tensor([rows.prefix], device=next(plain.parameters()).device)
+    start = None if spec is None else _entering(spec, first, rows.prefix_inputs)
+    with (_recording(plain, rows.prefix_inputs, record) if spec is None
+          else from_layer(plain, *start) if start is not None else contextlib.nullcontext()):
+        plain(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    if spec is None:
+        rows.prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
+    elif start is not None:
+        for layer in range(start[0]):  # skipped: the unsteered prefix's
+            cache.update(*rows.prefix_kv[layer], layer)
+    return cache
+
+
 @torch.no_grad()
+def _score_batches(plain: torch.nn.Module, pairs: Sequence[Pair], rows: _Rows, spec: SteeringSpec | None,
+                   record: Sequence[int] = ()) -> list[torch.Tensor]:
+    """:func:`response_logprobs` over prepared rows. The unsteered pass (``spec`` None) keeps the residual stream
+    entering each layer of ``record``; a steered pass then starts at the first layer its spec changes, from those
+    states (the layers before it are the unsteered model's). The shared prefix runs once per pass."""
+    out: list[torch.Tensor] = [torch.zeros(0) for _ in pairs]
+    device = next(plain.parameters()).device
+    first = _resumable(spec)
+    if first and not (rows.batches and first in rows.batches[0].inputs):
+        first = 0  # no unsteered pass kept the stream entering it: every layer runs (on the prefix)
+    skip = len(rows.prefix) if first is not None and rows.batches else 0
+    with hf_steer(plain, spec) if spec is not None else contextlib.nullcontext():
+        prefix = _prefix_cache(plain, rows, spec, first, record) if skip else None
+        for batch in rows.batches:
+            width = batch.ids.shape[1]
+            lo, hi = min(batch.p_lens) - 1, width - 1  # positions whose logits predict some row's response token
+            run = dict(input_ids=batch.ids[:, skip:].to(device), attention_mask=batch.mask.to(device),
+                       logits_to_keep=torch.arange(lo - skip, hi - skip, device=device), use_cache=prefix is not None)
+            if prefix is not None:
+                run["past_key_values"] = past = copy.deepcopy(prefix)
+                past.batch_repeat_interleave(len(batch.idx))
+            start = None if spec is None or first is None else _entering(spec, first, batch.inputs)
+            with (_recording(plain, batch.inputs, record) if spec is None
+                  else from_layer(plain, *start) if start is not None else contextlib.nullcontext()):
+                logits = plain(**run).logits.float()
+            norm = torch.logsumexp(logits, dim=-1)  # [batch, kept positions]
+            for j, i in enumerate(batch.idx):
+                p_len, r_len = batch.p_lens[j], len(pairs[i][1])
+                pos = torch.arange(p_len - 1 - lo, p_len - 1 - lo + r_len, device=device)
+                tgt = batch.ids[j, p_len : p_len + r_len].to(device)
+                out[i] = (logits[j, pos, tgt] - norm[j, pos]).cpu()
+    return out
+
+
 def response_logprobs(
     plain: torch.nn.Module,
     pairs: Sequence[Pair],
@@ -108,26 +242,7 @@ def response_logprobs(
 
     >>> response_logprobs(plain_model_for(model), [(prompt_ids, response_ids)], spec)[0].sum()
     """
-    out: list[torch.Tensor] = [torch.zeros(0) for _ in pairs]
-    order = sorted((i for i, (_, r) in enumerate(pairs) if r), key=lambda i: (len(pairs[i][0]), len(pairs[i][1])))
-    device = next(plain.parameters()).device
-    with hf_steer(plain, spec) if spec is not None else contextlib.nullcontext():
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            ids, mask = pad_right([list(pairs[i][0]) + list(pairs[i][1]) for i in idx], pad_id)
-            p_lens = [len(pairs[i][0]) for i in idx]
-            width = ids.shape[1]
-            lo, hi = min(p_lens) - 1, width - 1  # positions whose logits predict some row's response token
-            keep = torch.arange(lo, hi, device=device)
-            logits = plain(input_ids=ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep,
-                           use_cache=False).logits.float()
-            norm = torch.logsumexp(logits, dim=-1)  # [batch, kept positions]
-            for j, i in enumerate(idx):
-                p_len, r_len = p_lens[j], len(pairs[i][1])
-                pos = torch.arange(p_len - 1 - lo, p_len - 1 - lo + r_len, device=device)
-                tgt = ids[j, p_len : p_len + r_len].to(device)
-                out[i] = (logits[j, pos, tgt] - norm[j, pos]).cpu()
-    return out
+    return _score_batches(plain, pairs, _batches(pairs, batch_size, pad_id), spec)
 
 
 def _target_pairs(model: Any, target: SweepTarget, responses: Sequence[str], n_tokens: int) -> list[Pair]:
@@ -173,23 +288,27 @@ def fast_scores(
     plain = _plain_for_scoring(model, memo)
     tok = model.tokenizer
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
+    prefix = model_info(model).formatter.template_prefix()  # run once per pass, not once per row
 
     kinds = [lambda t: t.rows.prompts()] + ([lambda t: t.rows.prompts_without_instruction()] if contrast else [])
     flat = [p for kind in kinds for t in targets for p in kind(t)]
-    generated = iter(memo.generate(flat, [], gen_tokens))  # one batched call for every response the scores need
+    generated = iter(memo.generate_many([(flat, [])], gen_tokens)[0])  # one packed call for every response the scores need
     responses = [[[next(generated) for _ in t.rows] for t in targets] for _ in kinds]  # [kind][target][row]
     shifts: dict[tuple[str, int, float], list[float]] = {}
-    base_cache: dict[Pair, torch.Tensor] = {}
     bar = tqdm(total=len(targets) * len(layers) * len(strengths), desc="fast search", unit="cell", disable=not progress)
     for ti, (target, cells) in enumerate(zip(targets, grid)):
         n = len(target.rows)
         pairs = [p for k in range(len(kinds)) for p in _target_pairs(model, target, responses[k][ti], n_tokens)]
-        new = [p for p in dict.fromkeys(pairs) if p not in base_cache]
-        base_cache.update(zip(new, response_logprobs(plain, new, None, batch_size, pad_id)))
-        base = [base_cache[p] for p in pairs]
+        # (no shared prefix where a sliding-window cache would keep only part of it)
+        fits = window_fits(plain, max((len(p) + len(r) for p, r in pairs), default=0))
+        rows = _batches(pairs, batch_size, pad_id, prefix if fits else ())
+        # the unsteered pass keeps the residual stream entering each cell's first steered layer: a cell's layers
+        # before it are the unsteered model's, so its pass starts there (the same logits up to float noise)
+        starts = [first_changed_layer([spec]) for row in cells for spec in row]
+        base = _score_batches(plain, pairs, rows, None, record=[k for k in starts if k is not None])
         for layer, row in zip(layers, cells):
             for strength, spec in zip(strengths, row):
-                steered = response_logprobs(plain, pairs, spec, batch_size, pad_id)
+                steered = _score_batches(plain, pairs, rows, spec)
                 delta = [float((s - b).mean()) if b.numel() else None for s, b in zip(steered, base)]
                 per_row = [[delta[k * n + i] for k in range(len(kinds))] for i in range(n)]
                 cell = shifts.setdefault((target.group_name, layer, float(strength)), [])

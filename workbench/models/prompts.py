@@ -53,6 +53,20 @@ class PromptFormatter:
         found.update(t for t in getattr(self.tokenizer, "all_special_tokens", []) if t)
         return sorted(found, key=len, reverse=True)
 
+    def template_prefix(self) -> tuple[int, ...]:
+        """The token ids every formatted prompt starts with: a chat template's system turn and the user turn's
+        header (24 tokens for SmolLM2), or just a BOS. Kept prompt states run it once (``PromptStates.prefix``).
+
+        >>> len(formatter.template_prefix())
+        24
+        """
+        cached = self.__dict__.get("_prefix_cache")
+        if cached is None:
+            a, b = self.token_ids("Hello."), self.token_ids("3 + 4?")
+            n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+            cached = self.__dict__["_prefix_cache"] = tuple(a[:n])
+        return cached
+
     def _specials(self) -> list[str]:
         cached = self.__dict__.get("_special_cache")
         if cached is None:
