@@ -1,4 +1,4 @@
-"""Issue #15's leftovers: errors that live in ``workbench.errors``, one JSONL reader, lm-eval steer files, GGUF header."""
+"""Issue #15's leftovers: errors that live in ``workbench.errors``, one JSONL reader, lm-eval steer files, GGUF header, one token-padding helper."""
 
 from __future__ import annotations
 
@@ -165,3 +165,16 @@ def test_the_gguf_header_is_parsed_once_for_architecture_name_and_vocabulary(tmp
     for name in ("tokenizer.json", "tokenizer_config.json"):  # same files as reading the vocabulary again
         assert (one / name).read_bytes() == (two / name).read_bytes()
     assert read_gguf_header(path, vocab=False).vocab is None
+
+
+def test_pad_tokens_pads_either_side_and_refuses_bad_input():
+    from workbench.models.batching import pad_tokens
+
+    ids, mask = pad_tokens([[5, 6, 7], [8]], 0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad_tokens([(5, 6, 7), (8,)], 9, side="left")
+    assert ids.tolist() == [[5, 6, 7], [9, 9, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    with pytest.raises(errors.WorkbenchError, match="side must be one of"):
+        pad_tokens([[1]], 0, side="middle")
+    with pytest.raises(errors.WorkbenchError, match="no rows"):
+        pad_tokens([], 0)

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from ..directions import Direction
 from ..errors import DatasetError, LayerError, ShapeError, WorkbenchError
 from ..hooks import check_layer, forward_hooks
+from ..models.batching import pad_tokens
 from ..models.loading import model_info
 from ..models.plain import decoder_layers, layer_output, plain_model_for, with_layer_output
 from .alignment import common_suffix, instruction_span
@@ -91,18 +92,6 @@ def check_layer_list(model: Any, layers: Sequence[int] | None) -> list[int]:
     return layers
 
 
-def pad_right(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Int[torch.Tensor, "b s"], Int[torch.Tensor, "b s"], Int[torch.Tensor, "b"]]:
-    """Right-padded ``(ids, mask, lengths)``: each row's real tokens see exactly what they would see alone."""
-    lengths = torch.tensor([len(s) for s in seqs])
-    width = int(lengths.max())
-    ids = torch.full((len(seqs), width), int(pad_id), dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask, lengths
-
-
 def pad_id(model: Any) -> int:
     tok = model_info(model).formatter.tokenizer
     return int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
@@ -128,8 +117,8 @@ def bridge_last_token_hooks(
     stop_after: str | None,
 ) -> dict[str, torch.Tensor]:
     """Run ``seqs`` (one right-padded batch) through the bridge; ``take(name, value, last)`` picks what to keep per hook."""
-    ids, mask, lengths = pad_right(seqs, pad_id(model))
-    last = lengths - 1
+    ids, mask = pad_tokens(seqs, pad_id(model))
+    last = mask.sum(1) - 1
     got: dict[str, torch.Tensor] = {}
 
     def grab(name: str) -> Callable[[torch.Tensor], None]:

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 from jaxtyping import Float
 
+from ..models.batching import pad_tokens
 from ..models.from_layer import LayerStart, from_layer
 from ..models.plain import decoder_layers, layer_output
 
@@ -138,12 +139,8 @@ def _run_prompts(plain: Any, prompts: Sequence[tuple[int, ...]], keep_hidden: bo
     device = next(plain.parameters()).device
     skip = 0 if prefix is None else prefix.length
     rest = [p[skip:] for p in prompts]
-    width = max(len(p) for p in rest)
-    ids = torch.zeros(len(prompts), width, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for j, p in enumerate(rest):
-        ids[j, width - len(p):] = torch.tensor(p, device=device)
-        mask[j, width - len(p):] = 1
+    ids, mask = pad_tokens(rest, 0, "left", device)
+    width = ids.shape[1]
     positions = skip + (mask.cumsum(-1) - 1).clamp_min(0)
     run: dict[str, Any] = dict(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     if prefix is not None:

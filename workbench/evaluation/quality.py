@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import SteeringError, WorkbenchError
+from ..models.batching import pad_tokens
 from ..models.from_layer import LayerStart
 from ..models.loading import model_info
 from .prompt_states import PromptStates, fits, response_logprobs_cached
@@ -93,24 +94,13 @@ def response_nlls(
     order = [i for i, (_, r) in enumerate(pairs) if r]
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        ids, mask = pad_right([list(pairs[i][0]) + list(pairs[i][1]) for i in idx], pad)
+        ids, mask = pad_tokens([list(pairs[i][0]) + list(pairs[i][1]) for i in idx], pad)
         first = min(len(pairs[i][0]) for i in idx) - 1  # the earliest position that predicts a response token
         logp = _next_token_logprobs(model, ids.to(device), mask.to(device), first).cpu()  # [batch, width - 1 - first]
         for j, i in enumerate(idx):
             p_len, r_len = len(pairs[i][0]), len(pairs[i][1])
             nlls[i] = (-logp[j, p_len - 1 - first : p_len + r_len - 1 - first]).tolist()
     return nlls
-
-
-def pad_right(seqs: Sequence[Sequence[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token rows right-padded to one width: ``(ids, attention_mask)``, both ``[len(seqs), width]`` long tensors."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for j, s in enumerate(seqs):
-        ids[j, : len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[j, : len(s)] = 1
-    return ids, mask
 
 
 def _next_token_logprobs(model: Any, ids: torch.Tensor, mask: torch.Tensor, first: int) -> torch.Tensor:

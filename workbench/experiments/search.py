@@ -27,10 +27,11 @@ from tqdm.auto import tqdm
 
 from ..errors import LayerError, SteeringError, WorkbenchError
 from ..evaluation.prompt_states import MIN_SHARED_PREFIX, window_fits
-from ..evaluation.quality import _encode_pairs, pad_right
+from ..evaluation.quality import _encode_pairs
 from ..generation import check_count
 from ..models.loading import model_info
 from ..models.prompts import ContextLengthError
+from ..models.batching import pad_tokens
 from ..models.from_layer import first_changed_layer, from_layer
 from ..models.plain import decoder_layers, layer_output, plain_model_for
 from ..steering import SteeringSpec, hf_steer, resolve_specs
@@ -132,7 +133,7 @@ def _batches(pairs: Sequence[Pair], batch_size: int, pad_id: int, prefix: Sequen
     out = []
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        ids, mask = pad_right([list(pairs[i][0]) + list(pairs[i][1]) for i in idx], pad_id)
+        ids, mask = pad_tokens([list(pairs[i][0]) + list(pairs[i][1]) for i in idx], pad_id)
         out.append(_Batch(idx, ids, mask, [len(pairs[i][0]) for i in idx]))
     return _Rows(out, tuple(prefix))
 
