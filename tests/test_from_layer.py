@@ -98,6 +98,21 @@ def test_a_packed_call_of_unsteered_rows_only_decodes_eagerly_and_scores_from_it
     assert ppl == [pytest.approx(x, rel=1e-4) for x in quality.response_perplexities(tiny, PROMPTS, texts, batch_size=4)]
 
 
+def test_a_packed_memo_runs_each_prompt_once_for_scoring_and_decoding(tiny, monkeypatch):
+    """Scoring first and decoding after (a resumed sweep) share one prompt store that keeps hidden states."""
+    import workbench.evaluation.prompt_states as ps
+    from workbench.experiments.conditions import GenerationMemo
+
+    ran: list[int] = []
+    real = ps._run_prompts
+    monkeypatch.setattr(ps, "_run_prompts", lambda plain, prompts, *a: ran.append(len(prompts)) or real(plain, prompts, *a))
+    memo = GenerationMemo(tiny, max_new_tokens=N)
+    memo.perplexities(tiny, PROMPTS, ["Some answer.", "Blue light scatters.", "A fox."], batch_size=4)
+    memo.generate_many([(PROMPTS, _settings(tiny)[1][0])])  # steered at layer 1: its prompt pass starts from the states
+    assert sum(ran) - 1 == len(PROMPTS)  # each prompt once, plus the template's prefix once
+    assert memo.prompt_states[model_info(tiny).name].keep_hidden
+
+
 def test_scoring_from_a_start_equals_the_full_pass(tiny, one_thread):
     settings = _settings(tiny)
     prompts = [p for _ in settings for p in PROMPTS]

@@ -72,7 +72,9 @@ class GenerationMemo:
         name = model_info(reference).name
         key = hashlib.sha256(json.dumps([name, batch_size, list(prompts), list(responses)]).encode()).hexdigest()
         if key not in self.scored:
-            states = self.prompt_states.setdefault(name, PromptStates(prefix=model_info(reference).formatter.template_prefix()))
+            # packed decoding keeps hidden states in the same store: one store, so no prompt runs twice
+            states = (self.decode_states() if self.pack and reference is self.model else
+                      self.prompt_states.setdefault(name, PromptStates(prefix=model_info(reference).formatter.template_prefix())))
             starts = [self.starts.get((p, r)) for p, r in zip(prompts, responses)] if reference is self.model else None
             t0 = time.perf_counter()
             self.scored[key] = response_perplexities(reference, prompts, responses, batch_size=batch_size, states=states,
