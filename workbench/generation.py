@@ -152,7 +152,9 @@ def generate(
 
     ``row_steering``: one list of :class:`~workbench.steering.SteeringSpec` per prompt, applied to that
     prompt's row only (after any open ``steer`` block's): several sweep units decode in one batch, each
-    row with its own direction, layer, mode, strength and positions (:mod:`workbench.steering.rows`).
+    row with its own direction, layer, mode, strength and positions (:mod:`workbench.steering.rows`). A greedy
+    call with ``row_steering`` on the plain path decodes in the workbench's eager loop (ended rows leave the
+    batch) even when no row is steered (``[[]] * len(prompts)``).
 
     ``unsteered_states``: a list to fill with one :class:`~workbench.models.from_layer.LayerStart` or ``None``
     per prompt: for greedy ``row_steering`` rows on the plain path, the residual stream entering the first layer

@@ -76,7 +76,8 @@ class PromptStates:
         n = len(self.prefix)
         shared = [p for p in missing if n >= MIN_SHARED_PREFIX and len(p) > n and p[:n] == self.prefix]
         prefix = self._prefix_state(plain) if shared else None  # every prompt with the prefix runs on it, even alone
-        alone = [p for p in missing if p not in set(shared)]
+        on_prefix = set(shared)
+        alone = [p for p in missing if p not in on_prefix]
         for group, on in ((shared, prefix), (alone, None)):
             for start in range(0, len(group), batch_size):
                 chunk = group[start:start + batch_size]
