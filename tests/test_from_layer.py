@@ -104,8 +104,8 @@ def test_a_packed_memo_runs_each_prompt_once_for_scoring_and_decoding(tiny, monk
     from workbench.experiments.conditions import GenerationMemo
 
     ran: list[int] = []
-    real = ps._run_prompts
-    monkeypatch.setattr(ps, "_run_prompts", lambda plain, prompts, *a: ran.append(len(prompts)) or real(plain, prompts, *a))
+    real = ps.run_prompts
+    monkeypatch.setattr(ps, "run_prompts", lambda plain, prompts, *a: ran.append(len(prompts)) or real(plain, prompts, *a))
     memo = GenerationMemo(tiny, max_new_tokens=N)
     memo.perplexities(tiny, PROMPTS, ["Some answer.", "Blue light scatters.", "A fox."], batch_size=4)
     memo.generate_many([(PROMPTS, _settings(tiny)[1][0])])  # steered at layer 1: its prompt pass starts from the states

@@ -82,7 +82,7 @@ class PromptStates:
             for start in range(0, len(group), batch_size):
                 chunk = group[start:start + batch_size]
                 self.shared += len(chunk) if on is not None else 0
-                self._keep(chunk, _run_prompts(plain, chunk, self.keep_hidden, on))
+                self._keep(chunk, run_prompts(plain, chunk, self.keep_hidden, on))
         while self.nbytes > self.max_bytes and len(self.entries) > 1:
             _, old = self.entries.popitem(last=False)
             self.nbytes -= old.nbytes
@@ -90,7 +90,7 @@ class PromptStates:
     def _prefix_state(self, plain: Any) -> PromptState:
         """The state of :attr:`prefix` alone, run once (kept outside the byte budget: one short prompt)."""
         if self._prefix is None:
-            self._prefix = _run_prompts(plain, [self.prefix], self.keep_hidden)[0]
+            self._prefix = run_prompts(plain, [self.prefix], self.keep_hidden)[0]
         return self._prefix
 
     def _keep(self, chunk: Sequence[tuple[int, ...]], states: Sequence[PromptState]) -> None:
@@ -128,9 +128,11 @@ def fits(plain: Any, pairs: Sequence[tuple[Sequence[int], Sequence[int]]]) -> bo
     return len(cache.layers) == int(config.num_hidden_layers)
 
 
-def _run_prompts(plain: Any, prompts: Sequence[tuple[int, ...]], keep_hidden: bool = False,
+def run_prompts(plain: Any, prompts: Sequence[tuple[int, ...]], keep_hidden: bool = False,
                  prefix: PromptState | None = None) -> list[PromptState]:
-    """Left-padded, so every prompt ends at the last position (one logits row each); pads are masked out and
+    """The states of ``prompts`` (token ids) run as one batch, e.g. ``run_prompts(plain, [ids], keep_hidden=True)[0]``.
+
+    Left-padded, so every prompt ends at the last position (one logits row each); pads are masked out and
     positions count from each prompt's first token, so a prompt's cache is what it would be alone.
     ``keep_hidden``: also keep each decoder layer's output (the input of the next; the last: the final norm's).
     ``prefix``: the state of the tokens every prompt starts with; only the rest of each prompt runs, on top of it

@@ -26,7 +26,7 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from ..errors import LayerError, SteeringError, WorkbenchError
-from ..evaluation.prompt_states import MIN_SHARED_PREFIX, window_fits
+from ..evaluation.prompt_states import MIN_SHARED_PREFIX, PromptState, run_prompts, window_fits
 from ..evaluation.quality import _encode_pairs
 from ..generation import check_count
 from ..models.loading import model_info
@@ -114,13 +114,12 @@ class _Batch:
 @dataclass
 class _Rows:
     """Teacher-forced rows in batches, all starting with ``prefix`` (a chat template's system turn; may be empty):
-    each pass runs the prefix once, as one row, and the batches on its KV cache. The unsteered pass keeps the
-    prefix's KV cache and its residual stream entering each kept layer (``prefix_inputs[layer]: [1, prefix, d]``)."""
+    each pass runs the batches on the prefix's KV cache. The prefix's unsteered state (its KV cache and every
+    layer's output, a kept prompt state) is run once, as one row."""
 
     batches: list[_Batch]
     prefix: tuple[int, ...] = ()
-    prefix_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-    prefix_inputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    prefix_state: PromptState | None = None
 
 
 def _batches(pairs: Sequence[Pair], batch_size: int, pad_id: int, prefix: Sequence[int] = ()) -> _Rows:
@@ -175,22 +174,24 @@ def _entering(spec: SteeringSpec | None, first: int, kept: dict[int, torch.Tenso
     return first, spec.apply(hidden, None) if spec is not None and spec.hook == "resid_post" else hidden
 
 
-def _prefix_cache(plain: torch.nn.Module, rows: _Rows, spec: SteeringSpec | None, first: int, record: Sequence[int]) -> Any:
-    """The prefix's KV cache under ``spec`` (one row): unsteered, it is run whole and kept in ``rows``; steered, its
-    layers before ``first`` are the kept unsteered ones and the rest run from the kept stream entering ``first``."""
+def _prefix_cache(plain: torch.nn.Module, rows: _Rows, spec: SteeringSpec | None, first: int) -> Any:
+    """The prefix's KV cache under ``spec``: unsteered, its kept state's; steered, the kept unsteered layers before
+    ``first`` and the rest run on the prefix from its kept stream entering ``first`` (from the embeddings if 0)."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=plain.config)
-    ids = torch.tensor([rows.prefix], device=next(plain.parameters()).device)
-    start = None if spec is None else _entering(spec, first, rows.prefix_inputs)
-    with (_recording(plain, rows.prefix_inputs, record) if spec is None
-          else from_layer(plain, *start) if start is not None else contextlib.nullcontext()):
-        plain(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
-    if spec is None:
-        rows.prefix_kv = [(layer.keys, layer.values) for layer in cache.layers]
-    elif start is not None:
-        for layer in range(start[0]):  # skipped: the unsteered prefix's
-            cache.update(*rows.prefix_kv[layer], layer)
+    if spec is None:  # the unsteered pass comes first: no steering is active here
+        if rows.prefix_state is None:
+            rows.prefix_state = run_prompts(plain, [rows.prefix], keep_hidden=True)[0]
+        kept = len(rows.prefix_state.kv)
+    else:
+        ids = torch.tensor([rows.prefix], device=next(plain.parameters()).device)
+        start = _entering(spec, first, {first: rows.prefix_state.hidden[first - 1][None]} if first else {})
+        with from_layer(plain, *start) if start is not None else contextlib.nullcontext():
+            plain(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        kept = first
+    for layer in range(kept):  # the unsteered prefix's
+        cache.update(*rows.prefix_state.kv[layer], layer)
     return cache
 
 
@@ -207,7 +208,7 @@ def _score_batches(plain: torch.nn.Module, pairs: Sequence[Pair], rows: _Rows, s
         first = 0  # no unsteered pass kept the stream entering it: every layer runs (on the prefix)
     skip = len(rows.prefix) if first is not None and rows.batches else 0
     with hf_steer(plain, spec) if spec is not None else contextlib.nullcontext():
-        prefix = _prefix_cache(plain, rows, spec, first, record) if skip else None
+        prefix = _prefix_cache(plain, rows, spec, first) if skip else None
         for batch in rows.batches:
             width = batch.ids.shape[1]
             lo, hi = min(batch.p_lens) - 1, width - 1  # positions whose logits predict some row's response token
