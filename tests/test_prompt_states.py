@@ -73,6 +73,18 @@ def test_a_shared_prefix_runs_once_and_each_prompt_keeps_its_own_state(tiny, kee
         pytest.approx(r, abs=1e-5) for r in response_logprobs_cached(plain, pairs, PromptStates(), 4)]
 
 
+def test_a_prefix_given_as_a_list_is_shared_and_a_bad_one_is_a_one_line_error(tiny):
+    from workbench.errors import WorkbenchError
+
+    prefix = model_info(tiny).formatter.template_prefix()
+    states = PromptStates(prefix=list(prefix))
+    states.fill(plain_model_for(tiny), [tuple(model_info(tiny).formatter.token_ids("Hi."))], 1)
+    assert states.prefix == prefix and states.shared == 1
+    for bad in ("<|im_start|>", [1, "2"], [1.5], [True]):
+        with pytest.raises(WorkbenchError, match="prefix must be token ids"):
+            PromptStates(prefix=bad)
+
+
 def test_prompt_states_stay_within_their_byte_budget(tiny):
     plain = plain_model_for(tiny)
     ids = [quality._encode_pairs(tiny, [p], ["x"], False)[0][0] for p in PROMPTS[:2]]

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 from jaxtyping import Float
 
+from ..errors import WorkbenchError
 from ..models.batching import pad_tokens
 from ..models.from_layer import LayerStart, from_layer
 from ..models.plain import decoder_layers, layer_output
@@ -61,6 +62,12 @@ class PromptStates:
     shared: int = 0  # prompts run on the kept ``prefix`` state instead of from their first token
     resumed: int = 0  # responses scored from a steered decode's hidden states (a LayerStart), not from the embeddings
     _prefix: PromptState | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prefix, (str, bytes)) or not all(
+                isinstance(t, int) and not isinstance(t, bool) for t in self.prefix):
+            raise WorkbenchError(f"PromptStates: prefix must be token ids (ints), got {self.prefix!r:.60}")
+        self.prefix = tuple(self.prefix)
 
     def get(self, plain: Any, prompt: Sequence[int]) -> PromptState:
         """The state of one prompt, run now if it is not kept."""
