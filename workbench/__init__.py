@@ -33,13 +33,14 @@ from .errors import (
 from .generation import generate
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, PromptFormatter, load_model, model_info
 from .steering import SteeringSpec, steer
+from .transfer import LayerMatch, ResidualMap, fit_map, load_maps, match_layers, save_maps, transfer_direction
 from .version import __version__
 
 __all__ = [
     "BUILTIN_MODELS", "DEFAULT_MODEL", "FAMILIES", "DatasetError", "Direction", "LayerDirection",
-    "LayerError", "ModelNotFoundError", "PairDataset", "PairRow", "PromptFormatter", "ShapeError",
+    "LayerError", "LayerMatch", "ModelNotFoundError", "PairDataset", "PairRow", "PromptFormatter", "ResidualMap", "ShapeError",
     "SteeringError", "SteeringSpec", "VectorFileError", "WorkbenchError", "__version__",
-    "collect_activations", "compute_direction", "compute_directions", "generate", "list_instructions",
-    "load_activations", "load_ifeval_jsonl", "load_model", "load_paired_jsonl", "load_pairs",
-    "load_pairs_file", "model_info", "save_activations", "steer",
+    "collect_activations", "compute_direction", "compute_directions", "fit_map", "generate", "list_instructions",
+    "load_activations", "load_ifeval_jsonl", "load_maps", "load_model", "load_paired_jsonl", "load_pairs",
+    "load_pairs_file", "match_layers", "model_info", "save_activations", "save_maps", "steer", "transfer_direction",
 ]

@@ -19,9 +19,9 @@ from ..errors import WorkbenchError
 WINDOW = 8  # sliding window (tokens) of the Gemma-2 and Mistral twins: shorter than the test prompts
 
 
-def _common(tok: Any) -> dict[str, Any]:
+def _common(tok: Any, hidden_size: int = 64) -> dict[str, Any]:
     return dict(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        vocab_size=len(tok), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=512, bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
     )
@@ -54,10 +54,10 @@ def _llama3(tok: Any) -> Any:
     return LlamaConfig(**_common(tok), head_dim=16, rope_parameters=rope, tie_word_embeddings=False)
 
 
-def _qwen2(tok: Any) -> Any:
+def _qwen2(tok: Any, hidden_size: int = 64) -> Any:
     from transformers import Qwen2Config
 
-    return Qwen2Config(**_common(tok), tie_word_embeddings=False)
+    return Qwen2Config(**_common(tok, hidden_size), tie_word_embeddings=False)
 
 
 # Gemma multiplies embeddings by sqrt(d_model): shrink them, or the residual stream is the
@@ -69,11 +69,12 @@ TWINS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def build_twin(family: str, out_dir: str | Path, seed: int = 0, scale: float = 0.2) -> Path:
+def build_twin(family: str, out_dir: str | Path, seed: int = 0, scale: float = 0.2, hidden_size: int | None = None) -> Path:
     """Write a random-weight twin of ``family`` (one of :data:`TWINS`) to ``out_dir``; return the folder.
 
     Matrices are drawn with standard deviation ``scale`` (larger than the default init), so the
-    unsteered greedy output is varied text and steering visibly changes it.
+    unsteered greedy output is varied text and steering visibly changes it. ``hidden_size`` (``qwen2``
+    only; default 64) gives a twin of another width, e.g. for transfer between models of different widths.
 
     >>> folder = build_twin("gemma2", "/tmp/gemma2-twin"); model = load_model(str(folder))
     """
@@ -84,7 +85,9 @@ def build_twin(family: str, out_dir: str | Path, seed: int = 0, scale: float = 0
     if family not in TWINS:
         raise WorkbenchError(f"unknown twin {family!r}; choose one of {', '.join(TWINS)}")
     tok = build_tokenizer()
-    config = TWINS[family](tok)
+    if hidden_size is not None and family != "qwen2":
+        raise WorkbenchError(f"hidden_size is offered for the qwen2 twin only, not {family!r}")
+    config = TWINS[family](tok) if hidden_size is None else _qwen2(tok, hidden_size)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
     embed = model.get_input_embeddings().weight

@@ -1,0 +1,223 @@
+"""Maps between residual streams and transferred directions: planted relations, the mean-difference property, files, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import workbench as wb
+import workbench.activations
+from workbench.directions import direction_from_activations
+from workbench.errors import DatasetError, LayerError, ShapeError, VectorFileError, WorkbenchError
+from workbench.transfer import fit_map_from_activations, match_from_activations, random_like
+
+TITLE = "detectable_format:title"
+WIDE = 96  # the twin's width; tiny-random-llama has 64
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory):
+    """A 3-layer random-weight Qwen2 twin of width 96 (tiny-random-llama: 4 layers x 64)."""
+    from workbench.models.twins import build_twin
+
+    return wb.load_model(str(build_twin("qwen2", tmp_path_factory.mktemp("twins") / "qwen2-w96", hidden_size=WIDE)), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def texts():
+    """Fit texts: train prompts of instructions other than the title (the transferred one)."""
+    rows = wb.load_pairs("format", split="train")
+    return list(dict.fromkeys(r.prompt for r in rows if r.instruction_id != TITLE))[:24]
+
+
+def _no_work(monkeypatch):
+    """Fail the test if any activation is computed (bad input must be refused before)."""
+    def boom(*a, **k):
+        raise AssertionError("activations were computed before the bad input was refused")
+    monkeypatch.setattr(workbench.activations, "collect_activations", boom)
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text and text
+    return text
+
+
+SRC, TGT = ("a", 2, 4), ("b", 1, 3)
+
+
+# --- fitting --------------------------------------------------------------------------------
+def test_affine_map_recovers_a_planted_relation():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 64, generator=g) * 3 + 5
+    a, b = torch.randn(64, WIDE, generator=g) / 8, torch.randn(WIDE, generator=g)
+    y = x @ a + b + 0.01 * torch.randn(300, WIDE, generator=g)
+    m = fit_map_from_activations(x, y, kind="affine", source=SRC, target=TGT)
+    assert m.metrics["r2"] > 0.999 and m.metrics["centred_cosine"] > 0.999
+    assert m.metrics["n_fit"] == 240 and m.metrics["n_heldout"] == 60
+    assert torch.allclose(m.weight, a, atol=2e-3) and torch.allclose(m.bias, b, atol=0.05)
+    assert m.regularisation["chosen_on"].startswith("inner") and m.regularisation["ridge"] in (1e-4, 1e-3, 1e-2)
+    # unrelated activations: the held-out fit says so
+    noise = fit_map_from_activations(x, torch.randn(300, WIDE, generator=g), kind="affine", source=SRC, target=TGT)
+    assert noise.metrics["r2"] < 0.05
+
+
+def test_orthogonal_map_recovers_a_planted_scaled_rotation():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(200, 64, generator=g) + 2
+    q, _ = torch.linalg.qr(torch.randn(WIDE, 64, generator=g))  # [96, 64], orthonormal columns
+    y = 2.5 * x @ q.T + 1.0
+    m = fit_map_from_activations(x, y, kind="orthogonal", source=SRC, target=TGT)
+    assert m.metrics["r2"] > 0.9999 and m.regularisation["scale"] == pytest.approx(2.5, rel=1e-4)
+    assert torch.allclose(m.weight, 2.5 * q.T, atol=1e-4)
+    v = torch.randn(64, generator=g)
+    assert float(m.map_vector(v).norm()) == pytest.approx(2.5 * float(v.norm()), rel=1e-4)  # angles and norms kept up to the scale
+
+
+def test_identity_refuses_mismatched_widths(tiny, wide, texts, monkeypatch):
+    with pytest.raises(ShapeError, match="identity map needs equal widths"):
+        fit_map_from_activations(torch.zeros(20, 64), torch.zeros(20, WIDE), kind="identity", source=SRC, target=TGT)
+    _no_work(monkeypatch)
+    with pytest.raises(ShapeError) as exc:
+        wb.fit_map(tiny, wide, texts, source_layer=1, target_layer=1, kind="identity")
+    assert "64" in _one_line(exc) and "96" in str(exc.value)
+    with pytest.raises(ShapeError):
+        wb.ResidualMap(weight=torch.zeros(64, WIDE), bias=torch.zeros(WIDE), kind="identity", source_model="a",
+                       target_model="b", source_layer=0, target_layer=0, n_source_layers=4, n_target_layers=3)
+
+
+def test_identity_map_on_the_same_model_is_exact(tiny, texts):
+    m = wb.fit_map(tiny, tiny, texts, source_layer=2, target_layer=2, kind="identity")
+    assert m.metrics["r2"] == pytest.approx(1.0) and torch.equal(m.weight, torch.eye(64))
+
+
+# --- transferred directions -------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(5))
+def test_transferred_direction_is_the_mean_difference_of_mapped_pairs(seed):
+    """For any maps and pair activations: transfer(direction) == mean(map(with) - map(without)) at every mapped layer."""
+    g = torch.Generator().manual_seed(seed)
+    n, layers = int(torch.randint(3, 12, (1,), generator=g)), [0, 2, 3]
+    with_acts, without_acts = torch.randn(n, 3, 64, generator=g) + 1, torch.randn(n, 3, 64, generator=g)
+    d = direction_from_activations(with_acts, without_acts, layers=layers, name="t", model_name="a", n_model_layers=4)
+    fits = {}
+    for s, t in ((2, 0), (3, 2), (0, 1)):
+        x, y = torch.randn(40, 64, generator=g), torch.randn(40, WIDE, generator=g)
+        kind = ("affine", "orthogonal")[(s + seed) % 2]
+        fits[(s, t)] = fit_map_from_activations(x, y @ torch.eye(WIDE) + 3, kind=kind, source=("a", s, 4), target=("b", t, 3),
+                                                ridge=0.1 if kind == "affine" else None)
+    maps = list(fits.values())
+    out = wb.transfer_direction(d, maps)
+    full = wb.transfer_direction(d, maps, pair_activations=(with_acts, without_acts))
+    assert out.layers == full.layers == (0, 1, 2) and out.model_name == "b" and out.d_model == WIDE and out.n_model_layers == 3
+    for (s, t), m in fits.items():
+        i = layers.index(s)
+        mapped_diff = (m(with_acts[:, i]) - m(without_acts[:, i])).mean(0)
+        assert torch.allclose(out.at(t).vector, mapped_diff, atol=1e-4)
+        assert torch.allclose(full.at(t).vector, mapped_diff, atol=1e-4)
+        assert full.at(t).proj_with == pytest.approx(float((m(with_acts[:, i]) @ full.at(t).unit).mean()), abs=1e-3)
+    prov = out.extra["transfer"]
+    assert prov["source_model"] == "a" and prov["source_direction"] == "t"
+    assert [(p["source_layer"], p["target_layer"]) for p in prov["layers"]] == [(2, 0), (0, 1), (3, 2)]
+    null = random_like(full, seed=0, without_acts=torch.randn(n, 3, WIDE, generator=g))
+    assert torch.allclose(null.norms, full.norms) and torch.allclose(null.proj_with - null.proj_without, full.proj_with - full.proj_without)
+
+
+def test_transfer_between_real_models_of_different_widths(tiny, wide, texts):
+    match = wb.match_layers(tiny, wide, texts)
+    assert match.r2.shape == (4, 3) and match.n_fit + match.n_heldout == len(texts)
+    pairs = match.pairs("target")
+    assert [t for _, t in pairs] == [0, 1, 2] and len(match.rows()) == 12
+    assert [t for _, t in match.pairs("depth")] == [0, 1, 2] and match.pairs("depth")[-1][0] == 3
+    title = wb.compute_direction(tiny, wb.load_pairs("format", TITLE, split="train").head(4), progress=False)
+    moved = wb.transfer_direction(title, match.maps_for())
+    assert moved.d_model == WIDE and moved.layers == (0, 1, 2) and moved.model_name == wb.model_info(wide).name
+    moved.check_compatible(wide)
+    with wb.steer(wide, moved, layer=1, mode="add", coeff=2.0):
+        assert len(wb.generate(wide, ["Hi."], max_new_tokens=2)) == 1
+    fig = match.figure()
+    assert fig.data[0].z is not None and len(fig.data[0].z) == 4
+
+
+def test_transfer_direction_refuses_maps_of_another_model():
+    d = direction_from_activations(torch.randn(3, 2, 64) + 1, torch.randn(3, 2, 64), layers=[0, 1], name="t", model_name="a",
+                                   n_model_layers=4)
+    x, y = torch.randn(20, 64), torch.randn(20, WIDE)
+    other = fit_map_from_activations(x, y, source=("z", 0, 4), target=TGT, ridge=1.0)
+    with pytest.raises(ShapeError, match="starts at z"):
+        wb.transfer_direction(d, [other])
+    unmapped = fit_map_from_activations(x, y, source=("a", 3, 4), target=TGT, ridge=1.0)
+    with pytest.raises(LayerError, match="no vector there"):
+        wb.transfer_direction(d, unmapped)
+    twice = [fit_map_from_activations(x, y, source=("a", s, 4), target=TGT, ridge=1.0) for s in (0, 1)]
+    with pytest.raises(LayerError, match="one map per target layer"):
+        wb.transfer_direction(d, twice)
+
+
+# --- files ------------------------------------------------------------------------------------
+def test_map_file_round_trips(tiny, wide, texts, tmp_path):
+    m = wb.fit_map(tiny, wide, texts, source_layer=3, target_layer=2, ridge=0.1, exclude=wb.load_pairs("format", TITLE))
+    m.save(tmp_path / "map.safetensors")
+    back = wb.ResidualMap.load(tmp_path / "map.safetensors", source=tiny, target=wide)
+    assert torch.equal(back.weight, m.weight) and torch.equal(back.bias, m.bias)
+    assert back.metadata() == m.metadata()
+    assert (back.source_model, back.target_model, back.source_layer, back.target_layer) == ("tiny-random-llama", "qwen2-w96", 3, 2)
+    assert back.regularisation["ridge"] == 0.1 and back.regularisation["chosen_on"] == "given"
+    assert back.metrics["n_fit"] + back.metrics["n_heldout"] == len(texts)
+    wb.save_maps(tmp_path / "maps.safetensors", [m, m])
+    assert len(wb.load_maps(tmp_path / "maps.safetensors")) == 2
+    with pytest.raises(VectorFileError, match="holds 2 maps"):
+        wb.ResidualMap.load(tmp_path / "maps.safetensors")
+
+
+# --- bad input: one line, before any work -------------------------------------------------------
+def test_map_file_of_other_models_is_refused(tiny, wide, tmp_path):
+    m = fit_map_from_activations(torch.randn(20, 64), torch.randn(20, WIDE), source=("tiny-random-llama", 1, 4),
+                                 target=("qwen2-w96", 1, 3), ridge=1.0)
+    m.save(tmp_path / "map.safetensors")
+    with pytest.raises(ShapeError) as exc:  # swapped: the file's source is this run's target
+        wb.load_maps(tmp_path / "map.safetensors", source=wide, target=tiny)
+    assert "its source is tiny-random-llama (4 layers x 64)" in _one_line(exc)
+    wrong_layers = fit_map_from_activations(torch.randn(20, 64), torch.randn(20, WIDE), source=("tiny-random-llama", 1, 30),
+                                            target=("qwen2-w96", 1, 3), ridge=1.0)
+    wrong_layers.save(tmp_path / "layers.safetensors")
+    with pytest.raises(ShapeError, match="30 layers"):
+        wb.load_maps(tmp_path / "layers.safetensors", source=tiny, target=wide)
+    with pytest.raises(VectorFileError):
+        wb.load_maps(tmp_path / "missing.safetensors")
+
+
+def test_bad_fit_requests_are_refused_before_any_work(tiny, wide, texts, monkeypatch):
+    _no_work(monkeypatch)
+    with pytest.raises(DatasetError) as exc:
+        wb.fit_map(tiny, wide, texts[:9], source_layer=1, target_layer=1)
+    assert "at least 10 distinct fit texts" in _one_line(exc)
+    with pytest.raises(LayerError) as exc:
+        wb.fit_map(tiny, wide, texts, source_layer=4, target_layer=1)
+    assert "source_layer 4 is out of range: tiny-random-llama has layers 0..3" == _one_line(exc)
+    with pytest.raises(LayerError, match="target_layer 3 is out of range: qwen2-w96 has layers 0..2"):
+        wb.fit_map(tiny, wide, texts, source_layer=0, target_layer=3)
+    with pytest.raises(LayerError, match="target_layer 5"):
+        wb.match_layers(tiny, wide, texts, target_layers=[0, 5])
+    title = wb.load_pairs("format", TITLE, split="train").head(3)
+    with pytest.raises(DatasetError) as exc:  # the leak: fitting on the pairs being transferred
+        wb.fit_map(tiny, wide, [*texts, title[0].prompt], source_layer=1, target_layer=1, exclude=title)
+    assert "belong to the pairs being transferred" in _one_line(exc)
+    with pytest.raises(WorkbenchError, match="unknown map kind"):
+        wb.fit_map(tiny, wide, texts, source_layer=1, target_layer=1, kind="mlp")
+    with pytest.raises(WorkbenchError, match="heldout"):
+        wb.fit_map(tiny, wide, texts, source_layer=1, target_layer=1, heldout=1.5)
+
+
+def test_same_model_with_a_learned_map_is_allowed_but_says_so(tiny, texts):
+    with pytest.warns(UserWarning, match="same model"):
+        m = wb.fit_map(tiny, tiny, texts, source_layer=1, target_layer=2, kind="orthogonal")
+    assert m.extra["same_model"] is True
+
+
+def test_match_from_activations_pairs_layers_by_fit():
+    g = torch.Generator().manual_seed(3)
+    xs = torch.randn(60, 3, 16, generator=g)
+    ys = torch.stack([xs[:, 2] @ torch.randn(16, 24, generator=g), xs[:, 0] @ torch.randn(16, 24, generator=g)], 1)
+    match = match_from_activations(xs, ys, source=("a", [0, 1, 2], 3), target=("b", [0, 1], 2), ridge=1e-3)
+    assert match.pairs("target") == [(2, 0), (0, 1)] and match.best_source() == {0: 2, 1: 0}
+    assert float(match.r2[2, 0]) > 0.99 and float(match.r2[1, 0]) < 0.2
