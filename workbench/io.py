@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -86,16 +87,51 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def json_safe(value: Any) -> Any:
+    """A copy strict JSON can hold: NaN and infinities become ``None`` (jq and ``JSON.parse`` reject them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def strict_dumps(obj: Any, **kwargs: Any) -> str:
+    """``json.dumps`` of :func:`json_safe` ``(obj)``: never writes ``NaN`` or ``Infinity``."""
+    return json.dumps(json_safe(obj), allow_nan=False, **kwargs)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Write ``obj`` as indented strict JSON (non-finite numbers as null) to ``path`` atomically."""
+    write_text_atomic(path, strict_dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def open_nofollow(path: str | os.PathLike, flags: int, mode: int = 0o666) -> int:
+    """``os.open`` that refuses a symlink at ``path`` (a planted link must not send a write outside the run folder)."""
+    try:
+        return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0), mode)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise WorkbenchError(f"{path}: is a symbolic link; the workbench does not write through links "
+                                 "(remove it)") from None
+        raise WorkbenchError(f"{path}: cannot open ({exc.strerror})") from None
+
+
+def refuse_symlink(path: str | os.PathLike) -> Path:
+    """``path``, after refusing it in one line if it is a symbolic link (before a write to a fixed name)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise WorkbenchError(f"{path}: is a symbolic link; the workbench does not write through links (remove it)")
+    return path
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
     """Save tensors to a safetensors file atomically, with JSON-encoded metadata under one key."""
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"workbench": json.dumps(metadata)})
+        save_file(tensors, str(tmp), metadata={"workbench": strict_dumps(metadata)})
 
 
 FOREIGN_SUFFIXES = (".gguf", ".pt", ".pth", ".bin", ".ckpt", ".npy", ".npz", ".pkl")
@@ -110,6 +146,11 @@ def _foreign_magic(path: Path) -> bool:
         return False
     pickle = len(head) >= 3 and head[0] == 0x80 and head[1] in (2, 3, 4, 5) and head[2] != 0  # not a safetensors length
     return head.startswith((b"GGUF", b"PK\x03\x04")) or pickle
+
+
+def _no_constant(name: str) -> Any:
+    """``parse_constant`` for strict JSON: ``NaN``, ``Infinity`` and ``-Infinity`` are refused."""
+    raise ValueError(name)
 
 
 def load_tensors(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -141,9 +182,11 @@ def load_tensors(path: str | os.PathLike, kind: str) -> tuple[dict[str, torch.Te
             "`workbench directions import` converts other tools' vectors)"
         )
     try:
-        metadata = json.loads(raw_meta["workbench"])
+        metadata = json.loads(raw_meta["workbench"], parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise VectorFileError(f"{path}: corrupt workbench metadata ({exc})") from None
+    except ValueError as exc:  # NaN, Infinity: not numbers a direction file may hold
+        raise VectorFileError(f"{path}: workbench metadata holds {exc}, not a finite number (strict JSON)") from None
     if not isinstance(metadata, dict):
         raise VectorFileError(f"{path}: workbench metadata is a JSON {type(metadata).__name__}, expected an object")
     if metadata.get("kind") != kind:

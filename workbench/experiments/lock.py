@@ -35,7 +35,9 @@ def _acquire(folder: Path) -> str:
         except ImportError:  # no fcntl (Windows): run unlocked rather than not at all
             _held[real] = [-1, 1]
             return real
-        fd = os.open(os.path.join(real, LOCK_NAME), os.O_RDWR | os.O_CREAT, 0o666)
+        from ..io import open_nofollow
+
+        fd = open_nofollow(os.path.join(real, LOCK_NAME), os.O_RDWR | os.O_CREAT)  # a planted link is refused
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

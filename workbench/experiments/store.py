@@ -8,24 +8,12 @@ append), so a rerun skips the finished units and redoes only the rest.
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import DatasetError
-from ..io import read_jsonl
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe copy: NaN and infinities become ``None`` (strict JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
+from ..io import json_safe as _clean, open_nofollow, read_jsonl, refuse_symlink
 
 
 # Fields every line of a sweep's ``sweep.jsonl`` holds (``Unit.record`` plus ``compute_unit``).
@@ -60,6 +48,7 @@ class UnitStore:
         self.duplicates = 0
         if self.path.is_dir():
             raise DatasetError(f"{self.path}: is a directory, expected a JSONL file")
+        refuse_symlink(self.path)  # the store is read, trimmed and appended in place: never through a link
         if self.path.is_file():
             lines = read_jsonl(self.path, tolerate_torn_tail=True)  # a bad whole line raises, naming its number
             kept = lines.records
@@ -89,7 +78,7 @@ class UnitStore:
 
     def _repair(self, good: bytes) -> None:
         """Rewrite the file as ``good`` (its complete lines)."""
-        with open(self.path, "r+b") as f:
+        with os.fdopen(open_nofollow(self.path, os.O_RDWR), "r+b") as f:
             f.seek(0)
             f.write(good)
             f.truncate()
@@ -109,7 +98,7 @@ class UnitStore:
         self.load()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         line = json.dumps(_clean(record), ensure_ascii=False, allow_nan=False)
-        with open(self.path, "a", encoding="utf-8") as f:
+        with os.fdopen(open_nofollow(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a", encoding="utf-8") as f:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())

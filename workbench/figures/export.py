@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import WorkbenchError
-from ..io import write_text_atomic
+from ..io import refuse_symlink, write_text_atomic
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 CHROMIUM_FLAGS = (
@@ -117,7 +117,7 @@ def screenshot_html(
         if not tmp_png.is_file():
             tail = (proc.stderr or "").strip().splitlines()[-3:]
             raise WorkbenchError(f"Chromium wrote no screenshot of {html_path} (exit {proc.returncode}): {' | '.join(tail)}")
-        staged = png_path.with_name(f".{png_path.name}.tmp")
+        staged = refuse_symlink(png_path.with_name(f".{png_path.name}.tmp"))  # copyfile would write through a link
         shutil.copyfile(tmp_png, staged)
         os.replace(staged, png_path)
     return png_path
@@ -157,7 +157,7 @@ def save_images(items: Sequence[tuple[Any, str | Path]], scale: float = 1.0) -> 
     if kaleido_available():
         import plotly.io as pio
 
-        tmp = [p.with_name(f".{p.stem}.tmp{p.suffix}") for p in paths]
+        tmp = [refuse_symlink(p.with_name(f".{p.stem}.tmp{p.suffix}")) for p in paths]  # kaleido writes through links
         try:
             pio.write_images(
                 [fig for fig, _ in items], tmp, width=[_size(f)[0] for f, _ in items],
