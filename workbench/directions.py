@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -81,7 +82,7 @@ class Direction:
         if any(isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in self.layers):
             raise LayerError(f"direction {self.name!r}: layers must be integers, got {list(self.layers)!r}")
         if len(set(self.layers)) != len(self.layers):
-            repeated = sorted({x for x in self.layers if self.layers.count(x) > 1})
+            repeated = sorted(x for x, n in Counter(self.layers).items() if n > 1)
             raise LayerError(f"direction {self.name!r}: layer(s) {repeated} given more than once")
         if self.layers and (min(self.layers) < 0 or max(self.layers) >= self.n_model_layers):
             raise LayerError(
@@ -100,6 +101,9 @@ class Direction:
             )
         if not torch.isfinite(self.vectors).all():
             raise SteeringError(f"direction {self.name!r}: vectors contain NaN or infinite values")
+        for label, value in (("proj_with", self.proj_with), ("proj_without", self.proj_without)):
+            if value is not None and not torch.isfinite(value).all():
+                raise SteeringError(f"direction {self.name!r}: {label} contains NaN or infinite values")
 
     # --- access -------------------------------------------------------------------------
     def _index(self, layer: int) -> int:
@@ -255,7 +259,7 @@ class Direction:
 
 def _meta_int(path: str | Path, key: str, value: Any) -> int:
     """An integer field of a direction file's metadata, or a ``VectorFileError`` naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value != int(value):
         raise VectorFileError(f"{path}: metadata {key!r} must hold integers, got {value!r}")
     return int(value)
 
@@ -337,7 +341,7 @@ def pair_activations(
 def check_distinct_layers(layers: Sequence[int]) -> list[int]:
     """Refuse a layer list that names a layer twice (``--layers 1,1,2``): a direction has one vector per layer."""
     layers = list(layers)
-    repeated = sorted({x for x in layers if layers.count(x) > 1})
+    repeated = sorted(x for x, n in Counter(layers).items() if n > 1)  # linear: a long --layers range stays fast
     if repeated:
         raise LayerError(f"layers: {', '.join(map(str, repeated))} given more than once ({_ranges(layers)})")
     return layers

@@ -9,6 +9,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from .arguments import check_seed
 from .errors import WorkbenchError
 from .hooks import forward_hooks
 from .models.backends import GENERATION_BACKENDS, check_backend
@@ -177,7 +178,7 @@ def generate(
     max_new_tokens = check_count("max_new_tokens", max_new_tokens)
     batch_size = check_count("batch_size", batch_size)
     min_new_tokens = check_count("min_new_tokens", min_new_tokens, minimum=0)
-    seed = check_count("seed", seed, minimum=-(2**63))
+    seed = check_seed(check_count("seed", seed, minimum=-(2**63)))
     for label, value in (("temperature", temperature), ("top_p", top_p)):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise WorkbenchError(f"{label} must be a number, got {value!r}")

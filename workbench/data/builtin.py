@@ -163,6 +163,8 @@ def load_pairs(
     kwargs: dict[str, Any] | None = None,
 ) -> PairDataset:
     """Built-in pairs of one family (optionally one instruction, kwargs subset); split may be ``"all"``."""
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise DatasetError(f"kwargs must be a JSON object (a dict), e.g. {{\"keywords\": [\"ocean\"]}}, got {kwargs!r:.60}")
     _check_family(family)
     valid = list_instructions(family)
     if instruction is not None and instruction not in valid:

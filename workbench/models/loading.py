@@ -121,6 +121,27 @@ def _resolve(name_or_path: str) -> tuple[str, str, str | None]:
     return name_or_path, _hub_snapshot(name_or_path), None
 
 
+def layer_count(name_or_path: str) -> int | None:
+    """The model's layer count read from its ``config.json`` without loading it (None where the config does not say).
+
+    Lets ``--layers`` be checked against the model before the slow load; an unknown name fails here as in
+    :func:`load_model`.
+    """
+    import json
+
+    _, path, _ = _resolve(name_or_path)
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for source in (cfg, cfg.get("text_config") or {}):
+        for key in ("num_hidden_layers", "n_layer", "num_layers"):
+            value = source.get(key) if isinstance(source, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
 def _did_you_mean(name: str) -> str:
     """`` (did you mean 'tiny-random-llama'?)`` for a near-miss of a built-in name, else ''."""
     import difflib

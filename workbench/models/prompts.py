@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import torch
 from jaxtyping import Int
 
+from ..arguments import check_text
 from ..errors import ContextLengthError, WorkbenchError  # ContextLengthError: defined in errors, importable here
 
 STYLES = ("chat", "qa", "raw")
@@ -99,6 +100,7 @@ class PromptFormatter:
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise WorkbenchError(f"prompt {i} is a {type(text).__name__} ({text!r:.60}), expected a string")
+            check_text(text, f"prompt {i}")  # invalid UTF-8 from argv or a file read with surrogateescape
         rows = [self.token_ids(t, formatted, parse_special_tokens) for t in texts]
         return rows if max_tokens is None else fit_context(rows, max_tokens, truncate)
 
@@ -113,6 +115,7 @@ class PromptFormatter:
         """
         if not isinstance(text, str):
             raise WorkbenchError(f"a prompt must be a string, got {type(text).__name__}: {text!r:.60}")
+        check_text(text, "a prompt")
         tok, asp = self.tokenizer, self.add_special_tokens
         full = text if formatted else self.format(text)
         if formatted or parse_special_tokens or not any(s in text for s in self._specials()):

@@ -29,7 +29,8 @@ def steer(
     Each positional argument is a direction (combined with the keyword arguments) or a ready
     :class:`SteeringSpec`; several compose (applied in order at their layers).
     """
-    specs = resolve_specs(directions, int(model.cfg.n_layers), int(model.cfg.d_model), layer, coeff, mode, positions, target, hook)
+    specs = resolve_specs(directions, int(model.cfg.n_layers), int(model.cfg.d_model), layer, coeff, mode, positions, target, hook,
+                          dtype=getattr(model.cfg, "dtype", None))
     info = getattr(model, "workbench", None)
 
     def hook_fn(spec: SteeringSpec):

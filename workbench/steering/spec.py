@@ -81,6 +81,20 @@ class SteeringSpec:
                     _as_number(label, value)
                 except SteeringError as exc:
                     raise SteeringError(f"{self.name}: {exc}") from None
+        self.check_finite(torch.float32)
+
+    def check_finite(self, dtype: torch.dtype) -> None:
+        """Refuse a spec whose effective vector (``coeff * u``, or ``target * u``) overflows ``dtype``: steering with
+        it would fill the residual stream with infinities and decode an empty response without a word."""
+        label, value = ("coeff", self.coeff) if self.mode == "add" else ("target", self.target)
+        if value is None or not isinstance(self.unit, torch.Tensor):
+            return
+        effective = self.unit.detach().to(torch.float64) * float(value)
+        square = float(effective.norm()) ** 2  # the next layer's normalisation sums squares in float32 (at least)
+        if not torch.isfinite(effective.to(dtype)).all() or not square < torch.finfo(torch.float32).max:
+            limit = torch.finfo(dtype).max
+            raise SteeringError(f"{self.name}: {label} {float(value):g} makes a steering vector too large for {str(dtype).removeprefix('torch.')} "
+                                f"(largest value {limit:.3g}); use a smaller {label}")
 
     def apply(self, x: Float[torch.Tensor, "batch pos d_model"], state: GenerationState | None) -> torch.Tensor:
         """The steered residual stream."""
@@ -210,8 +224,10 @@ def resolve_specs(
     positions: str = "all",
     target: float | None = None,
     hook: str = "resid_post",
+    dtype: torch.dtype | None = None,
 ) -> list[SteeringSpec]:
-    """Specs for every direction, checked against a model of ``n_layers`` blocks of width ``d_model``."""
+    """Specs for every direction, checked against a model of ``n_layers`` blocks of width ``d_model`` (and, given its
+    ``dtype``, refused where the effective vector overflows it)."""
     if not directions:
         raise SteeringError("steering needs at least one direction or SteeringSpec")
     specs = [make_spec(d, layer, coeff, mode, positions, target, hook) for d in directions]
@@ -223,4 +239,6 @@ def resolve_specs(
                 f"{spec.name}: direction has d_model={spec.unit.shape[0]}, the model has d_model={d_model} "
                 "(a vector from another model?)"
             )
+        if dtype is not None and dtype.is_floating_point:
+            spec.check_finite(dtype)
     return specs
