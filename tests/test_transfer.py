@@ -221,3 +221,60 @@ def test_match_from_activations_pairs_layers_by_fit():
     match = match_from_activations(xs, ys, source=("a", [0, 1, 2], 3), target=("b", [0, 1], 2), ridge=1e-3)
     assert match.pairs("target") == [(2, 0), (0, 1)] and match.best_source() == {0: 2, 1: 0}
     assert float(match.r2[2, 0]) > 0.99 and float(match.r2[1, 0]) < 0.2
+
+
+# --- reproduce transfer between models of different widths ---------------------------------------
+def test_reproduce_transfer_quick_between_widths(tiny, wide, tmp_path, one_thread):
+    import argparse
+    import csv
+    import json
+
+    from workbench.experiments.cli import register
+
+    parser = argparse.ArgumentParser(prog="workbench")
+    register(parser.add_subparsers(dest="command", required=True))
+    out = tmp_path / "results"
+    folder = wb.model_info(wide).path
+    args = parser.parse_args(["reproduce", "transfer", "--model", str(folder), "--source-model", "tiny-random-llama", "--quick",
+                              "--device", "cpu", "--out", str(out), "--n-train", "4", "--n-val", "4", "--n-eval", "4",
+                              "--max-new-tokens", "4", "--map-prompts", "20", "--instruction", TITLE, "--mode", "add",
+                              "--rule", "paper", "--max-ppl-ratio", "none"])  # random weights: select a cell whatever it scores
+    assert args.func(args) == 0
+    run_dir = out / "qwen2-w96" / "transfer"
+    rows = list(csv.DictReader((run_dir / "results.csv").open()))
+    assert {r["direction"] for r in rows} <= {"none", "transferred", "own", "random"}
+    by = {(r["direction"], r["condition"]) for r in rows}
+    assert {("none", "instruction"), ("none", "no_instruction")} <= by
+    for label in ("transferred", "own", "random"):  # B steered with each direction, both steered conditions
+        assert {(label, "instruction_steered"), (label, "no_instruction_steered")} <= by, label
+    steered = [r for r in rows if r["direction"] in ("transferred", "random")]  # the null at the transferred direction's cell
+    assert len({(r["layer"], r["strength"]) for r in steered}) == 1
+    assert all(r["accuracy_p"] != "" for r in rows if r["condition"].endswith("_steered"))
+    cos = list(csv.DictReader((run_dir / "transfer_cosine.csv").open()))
+    assert [int(r["target_layer"]) for r in cos] == [2] and cos[0]["n_fit"] == "16"
+    assert len(list(csv.DictReader((run_dir / "layer_match.csv").open()))) == 4  # 4 source layers x the 1 quick target layer
+    maps = wb.load_maps(run_dir / "maps.safetensors", source=tiny, target=wide)
+    assert [(m.kind, m.target_layer) for m in maps] == [("affine", 2)]
+    d = wb.Direction.load(run_dir / "directions" / "detectable_format_title.safetensors", model=wide)
+    assert d.extra["transfer"]["source_model"] == "tiny-random-llama" and d.d_model == WIDE
+    config = json.loads((run_dir / "config.json").read_text())
+    assert any("other than detectable_format:title (their pairs excluded)" in n for n in config["notes"])
+    assert (run_dir / "figures" / "layer_match.html").is_file() and (run_dir / "figures" / "transfer_conditions.html").is_file()
+
+
+def test_identity_map_gives_todays_transfer_rows(tiny, tmp_path, one_thread):
+    import csv
+
+    from workbench.experiments.reproduce import ReproduceConfig, run_reproduce
+
+    kw = dict(model="tiny-random-llama", quick=True, n_train=4, n_val=4, n_eval=4, max_new_tokens=4, instructions=[TITLE],
+              mode="add", rule="paper", max_ppl_ratio=None, map_prompts=None)
+    today = run_reproduce(ReproduceConfig("transfer", out=str(tmp_path / "today"), **kw), say=lambda s: None, model=tiny)
+    mapped = run_reproduce(ReproduceConfig("transfer", out=str(tmp_path / "mapped"), map="identity", **{**kw, "map_prompts": 12}),
+                           say=lambda s: None, model=tiny)
+    keys = ("condition", "n", "accuracy", "loose_accuracy", "perplexity", "layer", "strength", "mode")
+    old = [tuple(r[k] for k in keys) for r in csv.DictReader((today / "results.csv").open())]
+    new = [tuple(r[k] for k in keys) for r in csv.DictReader((mapped / "results.csv").open()) if r["direction"] in ("none", "transferred")]
+    assert len(old) == 4 and sorted(old) == sorted(new)
+    cos = list(csv.DictReader((mapped / "transfer_cosine.csv").open()))
+    assert float(cos[0]["cos_transferred_own"]) == pytest.approx(1.0) and float(cos[0]["map_r2"]) == pytest.approx(1.0)

@@ -102,7 +102,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, max_ppl_ratio=args.max_ppl_ratio, max_degeneration=args.max_degeneration,
         reference_model=args.reference_model,
-        source_model=args.source_model, threads=args.threads, publish=args.publish,
+        source_model=args.source_model, map=args.map, map_prompts=args.map_prompts, threads=args.threads, publish=args.publish,
         executor=args.executor, address=args.address, workers=args.workers, fields=args.fields, convention=args.convention,
         max_batch=args.max_batch, pack=not args.no_pack, search=args.search, search_keep=args.search_keep,
     )
@@ -210,7 +210,10 @@ def register(subparsers: Any) -> None:
     r.add_argument("--words-file", help="keywords experiment: a text file of words or phrases, one per line")
     r.add_argument("--n-eval", type=positive_int, help="evaluation prompts per instruction")
     r.add_argument("--reference-model", help="model that scores perplexity (default: the unsteered model itself)")
-    r.add_argument("--source-model", help="transfer: model the directions are computed on (same d_model and layers)")
+    r.add_argument("--source-model", help="transfer: model the directions are computed on (another width needs --map or gets affine maps)")
+    r.add_argument("--map", help="transfer: maps between the residual streams: affine, orthogonal, identity or a map file "
+                   "(default: none for models of the same shape, else affine)")
+    r.add_argument("--map-prompts", type=positive_int, help="transfer: texts the maps are fitted on (default 120 with --quick, else 480)")
     r.set_defaults(func=cmd_reproduce)
 
     c = subparsers.add_parser("compare", help="two finished reproduce runs side by side, paired by prompt (McNemar)")

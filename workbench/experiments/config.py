@@ -89,6 +89,8 @@ class ReproduceConfig:
     max_degeneration: float | None = DEFAULT_MAX_DEGENERATION
     reference_model: str | None = None
     source_model: str | None = None
+    map: str | None = None  # transfer: affine, orthogonal, identity or a map file (default: none for same shapes, else affine)
+    map_prompts: int | None = None  # transfer: texts the maps are fitted on (default 120 with --quick, else 480)
     threads: int | None = None
     publish: str | None = None
     executor: str = "local"  # where sweep units run: local (this process) or ray

@@ -350,11 +350,16 @@ def exp_transfer(run: Run) -> dict[str, Any]:
     """Directions computed on ``--source-model`` steer ``--model`` (instruct -> base in the paper)."""
     cfg = run.config
     source_name = cfg.source_model or cfg.model
+    from ..transfer.experiment import check_map_option, exp_mapped_transfer, needs_maps
+
+    check_map_option(cfg.map, cfg.map_prompts)  # before the source model loads
     if source_name == cfg.model:
         source = run.model
         run.notes.append("source and target are the same model: this run checks the mechanism, not transfer")
     else:
         source = load_model(source_name, device=cfg.device)
+    if needs_maps(cfg, source, run.model):  # --map, or models of different shapes: fitted maps, four directions' rows
+        return exp_mapped_transfer(run, source)
     check_transferable(source, run.model)
     src_run = Run(config=cfg, model=source, reference=source, out_dir=run.out_dir, memo=run.memo, say=run.say, used_rows=run.used_rows)
     targets = []
@@ -396,7 +401,8 @@ def _figures(run: Run, records: list[dict[str, Any]], table: list[dict[str, Any]
     if heatmap is not None:
         for iid in dict.fromkeys(r["instruction_id"] for r in records):
             jobs.append((f"sweep_{_model_dir(iid)}.html", lambda iid=iid: heatmap(records, iid)))
-    cond_rows = [r for r in table if "instruction_id" in r and "condition" in r and r["instruction_id"] != "all"]
+    cond_rows = [r for r in table if "instruction_id" in r and "condition" in r and r["instruction_id"] != "all"
+                 and r.get("direction", "none") in ("none", "transferred")]  # a mapped transfer: own/random rows have their own figure
     if bars is not None and cond_rows:
         jobs.append(("conditions.html", lambda: bars(cond_rows)))
     for name, build in jobs:

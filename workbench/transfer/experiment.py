@@ -1,0 +1,191 @@
+"""``reproduce transfer`` through maps: fit (or load) maps between the two residual streams, transfer the source's
+directions, and compare on the target model: unsteered, transferred, its own direction (the reference) and a random
+direction of the same norm at the transferred direction's cell (the null)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from ..data import PairDataset, load_pairs
+from ..errors import WorkbenchError
+from ..experiments.conditions import CONDITIONS
+from ..models import model_info
+from .direct import random_like, transfer_direction
+from .maps import KINDS, MIN_PROMPTS, ResidualMap, check_fit_texts, load_maps, save_maps
+from .match import LayerMatch, match_from_activations
+
+STEERED = tuple(c for c in CONDITIONS if c.endswith("_steered"))
+MAP_PROMPTS = {True: 120, False: 480}  # fit texts for --quick / full runs (the issue's check used 480)
+PAIRING = "target"  # default: for each target layer of the sweep grid, the source layer whose map fits best (held-out R2)
+COLUMNS = ["instruction_id", "source", "direction", "condition", "n", "accuracy", "accuracy_p", "loose_accuracy", "perplexity",
+           "degeneration", "layer", "strength", "mode", "map"]
+COSINE_COLUMNS = ["instruction_id", "target_layer", "source_layer", "cos_transferred_own", "cos_random_own", "norm_transferred",
+                  "norm_own", "map_r2", "map_centred_cosine", "n_fit", "n_heldout"]
+MATCH_COLUMNS = ["source_layer", "target_layer", "r2", "cosine", "n_fit", "n_heldout"]
+
+
+def check_map_option(value: Any, map_prompts: Any = None) -> None:
+    """``--map`` is a kind or an existing file, ``--map-prompts`` a count of at least :data:`MIN_PROMPTS` (one line each)."""
+    if value is not None and value not in KINDS and not Path(str(value)).is_file():
+        raise WorkbenchError(f"--map {value!r}: not one of {', '.join(KINDS)} and no such map file")
+    if map_prompts is not None and (isinstance(map_prompts, bool) or not isinstance(map_prompts, int) or map_prompts < MIN_PROMPTS):
+        raise WorkbenchError(f"--map-prompts: a map needs at least {MIN_PROMPTS} fit texts, got {map_prompts!r}")
+    if map_prompts is not None and value is not None and value not in KINDS:
+        raise WorkbenchError("--map-prompts sets how many texts a map is fitted on; a map file is already fitted")
+
+
+def needs_maps(cfg: Any, source: Any, target: Any) -> bool:
+    """Whether this transfer goes through maps: ``--map`` given, or the two models differ in shape."""
+    same = (int(source.cfg.d_model), int(source.cfg.n_layers)) == (int(target.cfg.d_model), int(target.cfg.n_layers))
+    return getattr(cfg, "map", None) is not None or not same
+
+
+def fit_texts(ids: Sequence[str], exclude: PairDataset, n: int, seed: int) -> PairDataset:
+    """Up to ``n`` train rows of built-in format instructions other than ``ids`` (one row per distinct prompt, seeded
+    order), none of whose prompts is a prompt of ``exclude`` (the transferred instructions' pairs)."""
+    rows = [r for r in load_pairs("format", split="train") if r.instruction_id not in set(ids)]
+    seen = set()
+    rows = [r for r in rows if not (r.prompt in seen or seen.add(r.prompt))]
+    random.Random(seed).shuffle(rows)
+    picked = PairDataset(rows[:n], name="transfer-fit-texts")
+    check_fit_texts(picked.prompts(), exclude)  # the leak and too few texts: one line
+    return picked
+
+
+def _maps(run: Any, src_run: Any, source: Any, texts: PairDataset | None) -> tuple[list[ResidualMap], LayerMatch | None]:
+    """The maps (one per target layer), fitted on ``texts`` or loaded from ``--map FILE``, and the layer-match table."""
+    cfg = run.config
+    s_name, t_name = model_info(source).name, model_info(run.model).name
+    s_n, t_n = int(source.cfg.n_layers), int(run.model.cfg.n_layers)
+    kind = cfg.map or "affine"
+    if kind not in KINDS:
+        maps = load_maps(kind, source, run.model)
+        return [m for m in maps if m.target_layer in (cfg.layers or [])] or maps, None
+    prompts = texts.prompts()  # type: ignore[union-attr]
+    xs, ys = src_run._acts(prompts), run._acts(prompts)
+    t_layers = list(cfg.layers or range(t_n))
+    s_layers = t_layers if kind == "identity" else list(range(s_n))
+    match = match_from_activations(xs[:, s_layers], ys[:, t_layers], source=(s_name, s_layers, s_n), target=(t_name, t_layers, t_n),
+                                   kind=kind, seed=cfg.seed,
+                                   extra={"fit_texts": f"{len(prompts)} train prompts of other format instructions"})
+    pairs = [(t, t) for t in t_layers] if kind == "identity" else match.pairs(PAIRING)
+    return [match.maps[p] for p in pairs], match
+
+
+def exp_mapped_transfer(run: Any, source: Any) -> dict[str, Any]:
+    """Transfer each instruction's source direction through maps and report the four directions' rows on the target."""
+    from ..experiments.reproduce import _model_dir, _sel_meta, _specs_for
+    from ..experiments.run import Run, attach_p_values
+    from ..experiments.sweep import SweepTarget
+    from ..experiments.config import TITLE_ID
+
+    cfg = run.config
+    check_map_option(cfg.map, cfg.map_prompts)
+    s_name = model_info(source).name
+    ids = list(cfg.instructions or [TITLE_ID])
+    src_run = Run(config=cfg, model=source, reference=source, out_dir=run.out_dir, memo=run.memo, say=run.say, used_rows=run.used_rows)
+    trains = {iid: run.builtin("format", iid, "train", cfg.n_train or 0) for iid in ids}
+    vals = {iid: run.builtin("format", iid, "validation", cfg.n_val or 0) for iid in ids}
+    evals = {iid: run.eval_rows("format", iid) for iid in ids}  # bad data fails before any activation
+    texts = None
+    if (cfg.map or "affine") in KINDS:
+        exclude = PairDataset([r for iid in ids for r in load_pairs("format", iid)], name="transferred")
+        texts = fit_texts(ids, exclude, cfg.map_prompts or MAP_PROMPTS[bool(cfg.quick)], cfg.seed)
+        run.used_rows.extend(texts)
+    maps, match = _maps(run, src_run, source, texts)
+    kind = maps[0].kind
+    layers = sorted(m.target_layer for m in maps)
+    if set(layers) != set(cfg.layers or []):
+        run.notes.append(f"the maps reach target layers {layers}; the sweep uses those")
+        run.config = cfg = replace(cfg, layers=layers)
+    if texts is not None:
+        pairing = "the same layer" if kind == "identity" else "for each target layer, the source layer with the best held-out R2"
+        run.notes.append(f"transfer through {kind} maps {s_name} -> {model_info(run.model).name}, fitted on the last token of "
+                         f"{len(texts)} train prompts of format instructions other than {', '.join(ids)} (their pairs excluded); "
+                         f"pairing: {pairing}")
+    else:
+        run.notes.append(f"transfer through the maps of {cfg.map} (target layers {layers})")
+    save_maps(run.out_dir / "maps.safetensors", maps)
+    targets, own, null = [], {}, {}
+    mode = cfg.mode or "project"
+    for iid in ids:
+        train = trains[iid]
+        d_src = src_run.direction(iid, train)
+        pair_acts = (src_run._acts(train.prompts()), src_run._acts(train.prompts_without_instruction()))
+        d_tr = transfer_direction(d_src, maps, pair_activations=pair_acts, name=iid)
+        d_own = run.direction(f"{iid}.own", train)
+        without_b = run._acts(train.prompts_without_instruction())[:, list(d_tr.layers)]
+        null[iid] = random_like(d_tr, seed=cfg.seed, without_acts=without_b)
+        own[iid] = d_own
+        run.directions[iid] = d_tr
+        run.directions[f"{iid}.random"] = null[iid]
+        d_src.save(run.out_dir / "directions" / "source" / f"{_model_dir(iid)}.safetensors")
+        targets += [SweepTarget(iid, vals[iid], d_tr, mode), SweepTarget(f"{iid}.own", vals[iid], d_own, mode)]
+    sweep = run.sweep(targets)
+    plans = []
+    for iid in ids:
+        sel, sel_own = sweep.selection.get(iid), sweep.selection.get(f"{iid}.own")
+        plans.append((iid, [("transferred", run.directions[iid], sel, CONDITIONS),
+                            ("own", own[iid], sel_own, STEERED), ("random", null[iid], sel, STEERED)]))
+    run.prefetch_conditions([(evals[iid], _specs_for(run, d, sel, mode), conds) for iid, plan in plans for _, d, sel, conds in plan])
+    table: list[dict[str, Any]] = []
+    for iid, plan in plans:
+        run.say(f"  {iid}: transferred / own / random directions on {len(evals[iid])} evaluation prompts")
+        for label, d, sel, conds in plan:
+            meta = {"instruction_id": iid, "source": s_name, "direction": label, "map": kind if label == "transferred" else None,
+                    **_sel_meta(sel, mode)}
+            part = run.conditions_table(evals[iid], _specs_for(run, d, sel, mode), meta, conds)
+            for r in part:
+                if r["condition"] not in STEERED:
+                    r["direction"], r["map"] = "none", None
+            table += part
+    attach_p_values(table, ["instruction_id"])
+    cosines = cosine_rows(run, ids, own, null, maps)
+    extra = {"transfer_cosine": (cosines, COSINE_COLUMNS)}
+    if match is not None:
+        extra["layer_match"] = (match.rows(), MATCH_COLUMNS)
+    _transfer_figures(run, match, cosines, table)
+    return {"table": table, "columns": COLUMNS, "sweep": sweep, "selection": sweep.selection, "extra_tables": extra}
+
+
+
+
+def cosine_rows(run: Any, ids: Sequence[str], own: dict[str, Any], null: dict[str, Any], maps: Sequence[ResidualMap]) -> list[dict[str, Any]]:
+    """Per instruction and target layer: cosine of the transferred (and of the random) direction with the target's own."""
+    by_target = {m.target_layer: m for m in maps}
+    out = []
+    for iid in ids:
+        d = run.directions[iid]
+        for t in d.layers:
+            v, o, r = d.at(t).vector, own[iid].at(t).vector, null[iid].at(t).vector
+            m = by_target[t]
+            out.append({"instruction_id": iid, "target_layer": t, "source_layer": m.source_layer,
+                        "cos_transferred_own": round(float(torch.nn.functional.cosine_similarity(v, o, dim=0)), 4),
+                        "cos_random_own": round(float(torch.nn.functional.cosine_similarity(r, o, dim=0)), 4),
+                        "norm_transferred": round(float(v.norm()), 3), "norm_own": round(float(o.norm()), 3),
+                        "map_r2": m.metrics.get("r2"), "map_centred_cosine": m.metrics.get("centred_cosine"),
+                        "n_fit": m.metrics.get("n_fit"), "n_heldout": m.metrics.get("n_heldout")})
+    return out
+
+
+def _transfer_figures(run: Any, match: LayerMatch | None, cosines: list[dict[str, Any]], table: list[dict[str, Any]]) -> None:
+    """The layer-match heatmap, the cosine by layer and the bars of the four directions (a failure is only a note)."""
+    try:
+        from ..figures import save_figure
+        from .figures import cosine_figure, directions_figure
+    except Exception as exc:  # noqa: BLE001  (figures are optional)
+        run.notes.append(f"transfer figures not written: {exc}")
+        return
+    jobs = [("transfer_cosine.html", lambda: cosine_figure(cosines)), ("transfer_conditions.html", lambda: directions_figure(table))]
+    if match is not None:
+        jobs.append(("layer_match.html", match.figure))
+    for name, build in jobs:
+        try:
+            save_figure(build(), run.out_dir / "figures" / name, plotlyjs="directory")
+        except Exception as exc:  # noqa: BLE001  (a figure must never sink a finished run)
+            run.notes.append(f"figure {name} not written: {exc}")
