@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .arguments import int_list
+from .arguments import finite_float, int_list, seed_arg, text_arg
 from .errors import WorkbenchError
 from .models.backends import GENERATION_BACKENDS
 
@@ -44,6 +44,35 @@ def output_file(text: str) -> str:
     except WorkbenchError as exc:
         raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--out {text}: ")) from None
     return text
+
+
+def optional_output_file(text: str) -> str:
+    """argparse type: like :func:`output_file`, but ``''`` (write no file) is allowed."""
+    return text if text == "" else output_file(text)
+
+
+def folder_arg(flag: str = "--out"):
+    """argparse type for an output folder named by ``flag``: not a file, not under a file, writable (before any work)."""
+    def check(text: str) -> str:
+        from .io import check_output_dir
+
+        try:
+            check_output_dir(text, flag)
+        except WorkbenchError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{flag} {text}: ")) from None
+        return text
+
+    check.__name__ = "folder"  # argparse names the type in its messages
+    return check
+
+
+def layers_arg(text: str | None, model: str, flag: str = "--layers") -> list[int] | None:
+    """``--layers`` checked against ``model``'s layer count (read from its config, before the slow load)."""
+    if text is None:
+        return None
+    from .models.loading import layer_count
+
+    return int_list(text, flag, limit=layer_count(model))
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -81,7 +110,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 # --- directions ---------------------------------------------------------------------------
-def _parse_kwargs(text: str | None) -> dict | None:
+def parse_kwargs(text: str | None) -> dict | None:
+    """``--kwargs`` JSON text as a dict (None stays None); anything but a JSON object is a one-line error."""
     if text is None:
         return None
     try:
@@ -94,13 +124,16 @@ def _parse_kwargs(text: str | None) -> dict | None:
 
 
 def cmd_directions_compute(args: argparse.Namespace) -> int:
-    from .data import load_pairs, load_pairs_file
+    from .data import load_pairs
     from .data.builtin import family_of
     from .directions import compute_direction
 
-    kwargs = _parse_kwargs(args.kwargs)
+    kwargs = parse_kwargs(args.kwargs)
+    report = None
     if args.pairs:
-        pairs = load_pairs_file(args.pairs)
+        from .data.files import read_pairs_file
+
+        pairs, report = read_pairs_file(args.pairs)
         if args.instruction or kwargs:
             pairs = pairs.filter(instruction=args.instruction, kwargs=kwargs)
     else:
@@ -110,9 +143,11 @@ def cmd_directions_compute(args: argparse.Namespace) -> int:
     pairs.require_nonempty("directions compute")
     from .directions import check_distinct_layers, check_pairs_differ
 
-    layers = int_list(args.layers)
+    layers = layers_arg(args.layers, args.model)
     if layers is not None:
         check_distinct_layers(layers)
+    if report is not None:
+        _check_rewrites(pairs, report, args.pairs)
     check_pairs_differ(pairs)
     ids = pairs.instruction_ids()
     if len(ids) > 1 and not args.pool:
@@ -126,6 +161,17 @@ def cmd_directions_compute(args: argparse.Namespace) -> int:
     best = int(direction.norms.argmax())
     print(f"wrote {args.out}: {direction!r}; largest mean difference at layer {direction.layers[best]}")
     return 0
+
+
+def _check_rewrites(pairs, report, path: str) -> None:
+    """Name the cause when every pair lost its twin because ``prompt_without_instruction`` equals ``prompt``."""
+    failed = set(report.failed_rewrites)
+    lacking = [r.base_id for r in pairs if r.prompt_without_instruction is None]
+    if lacking and all(b in failed for b in lacking):
+        raise WorkbenchError(
+            f"--pairs {path}: {len(lacking)} of {len(pairs)} pairs have a prompt_without_instruction equal to their prompt "
+            f"(first: base_id {lacking[0]!r}), so the instruction was never removed; a direction needs pairs that differ"
+        )
 
 
 # --- generate -----------------------------------------------------------------------------
@@ -197,10 +243,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_sweep(args: argparse.Namespace) -> int:
-    from .arguments import float_list, int_list
+    from .arguments import float_list
+    from .data.builtin import family_of
     from .experiments.bench_sweep import run_sweep_bench
 
-    run_sweep_bench(model_name=args.model, device=args.device, instruction=args.instruction, layers=int_list(args.layers),
+    family_of(args.instruction)  # an unknown id fails before the model loads
+    run_sweep_bench(model_name=args.model, device=args.device, instruction=args.instruction, layers=layers_arg(args.layers, args.model),
                     strengths=float_list(args.strengths), n_val=args.n_val, max_new_tokens=args.max_new_tokens,
                     max_batch=args.max_batch, search_keep=args.search_keep, threads=args.threads,
                     out=Path(args.out) if args.out else None)
@@ -239,11 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("generate", help="generate (optionally steered) responses")
     _add_model_args(g)
-    g.add_argument("--prompt", action="append", required=True, help="user text (repeat for several)")
+    g.add_argument("--prompt", type=text_arg, action="append", required=True, help="user text (repeat for several)")
     g.add_argument("--steer", action="append", help="direction file (repeat to compose several)")
     g.add_argument("--layer", type=int, action="append", help="layer for each --steer")
-    g.add_argument("--coeff", type=float, action="append", help="strength for add mode (per --steer)")
-    g.add_argument("--target", type=float, action="append", help="projection target for project mode")
+    g.add_argument("--coeff", type=finite_float, action="append", help="strength for add mode (per --steer)")
+    g.add_argument("--target", type=finite_float, action="append", help="projection target for project mode")
     g.add_argument("--mode", default="add", choices=("add", "project", "ablate"))
     g.add_argument("--positions", default="all", choices=("all", "prompt", "generated"))
     g.add_argument("--max-new-tokens", type=positive_int, default=96)
@@ -256,8 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backend", default="auto", choices=GENERATION_BACKENDS,
                    help="KV-cached decoding path; 'compiled' compiles the decoding step once (faster long batch-1 runs)")
     g.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--temperature", type=finite_float, default=1.0)
+    g.add_argument("--seed", type=seed_arg, default=0)
     g.set_defaults(func=cmd_generate)
 
     d = sub.add_parser("demo", help="compute three instruction directions on SmolLM2 and steer with them")
@@ -265,22 +313,22 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", type=device_arg, default=None)
     d.add_argument("--n-eval", type=positive_int, default=20, help="validation prompts per instruction")
     d.add_argument("--n-train", type=positive_int, default=120, help="training pairs per instruction")
-    d.add_argument("--out", default="figures", help="folder for the figure")
+    d.add_argument("--out", type=folder_arg(), default="figures", help="folder for the figure")
     d.set_defaults(func=cmd_demo)
 
     b = sub.add_parser("bench", help="benchmark steered generation and activation extraction")
     b.add_argument("--model", default="smollm2-135m-instruct")
-    b.add_argument("--device", default=None)
-    b.add_argument("--lengths", type=int, nargs="+", default=[128, 256], help="new tokens per generation")
-    b.add_argument("--n-extract", type=int, default=200, help="prompts for the extraction rows")
-    b.add_argument("--repeats", type=int, default=3, help="rounds of the batch-1 rows (the fastest of each is kept)")
-    b.add_argument("--out", default="docs/bench.json", help="JSON report ('' for none)")
+    b.add_argument("--device", type=device_arg, default=None)
+    b.add_argument("--lengths", type=positive_int, nargs="+", default=[128, 256], help="new tokens per generation")
+    b.add_argument("--n-extract", type=positive_int, default=200, help="prompts for the extraction rows")
+    b.add_argument("--repeats", type=positive_int, default=3, help="rounds of the batch-1 rows (the fastest of each is kept)")
+    b.add_argument("--out", type=optional_output_file, default="docs/bench.json", help="JSON report ('' for none)")
     b.add_argument("--no-peers", action="store_true", help="skip the steering-vectors and repeng rows")
     b.set_defaults(func=cmd_bench)
 
     bs = sub.add_parser("bench-sweep", help="benchmark the sweep: one unit at a time, packed, and the fast search")
     bs.add_argument("--model", default="smollm2-135m-instruct")
-    bs.add_argument("--device", default=None)
+    bs.add_argument("--device", type=device_arg, default=None)
     bs.add_argument("--instruction", default="detectable_format:title")
     bs.add_argument("--layers", help="layers of the grid, e.g. 14,18,22,26 (default: the paper's grid)")
     bs.add_argument("--strengths", default="1.0", help="comma-separated strengths (project mode)")
@@ -289,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--max-batch", type=positive_int, help="rows per packed decode batch (default: from the device)")
     bs.add_argument("--search-keep", type=positive_int, default=3)
     bs.add_argument("--threads", type=positive_int, help="torch CPU threads (default on CPU: 1, as reproduce)")
-    bs.add_argument("--out", default="docs/bench-sweep.json", help="JSON report ('' for none)")
+    bs.add_argument("--out", type=optional_output_file, default="docs/bench-sweep.json", help="JSON report ('' for none)")
     bs.set_defaults(func=cmd_bench_sweep)
 
     from .interop.cli import register as register_interop, register_top as register_interop_top

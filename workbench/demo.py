@@ -91,6 +91,10 @@ def run_demo(
     say: Callable[[str], None] = print,
 ) -> list[DemoResult]:
     """Run the demo end to end and return the measured rates."""
+    from .io import check_output_dir
+
+    check_output_dir(out_dir, "--out")  # both folders are checked before the model loads, not after the work
+    check_output_dir(results_dir, "results folder")
     start = time.time()
     say(f"Loading {model_name} ...")
     model = load_model(model_name, device=device)

@@ -7,7 +7,6 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from ..arguments import int_list
 from ..errors import WorkbenchError
 
 
@@ -34,9 +33,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     direction = Direction.load(args.direction) if args.direction else None  # read before the slow model load
     if args.images:
         check_image_export()
+    from ..cli import layers_arg
+    from ..data.builtin import family_of
+
+    family_of(args.instruction)  # an unknown id fails before the model loads
+    layers = layers_arg(args.layers, args.model)
     model = load_model(args.model, device=args.device)
     _, fig, record = run_analysis(
-        args.analysis, model, args.instruction, layer=args.layer, layers=int_list(args.layers), sizes=sizes,
+        args.analysis, model, args.instruction, layer=args.layer, layers=layers, sizes=sizes,
         direction=direction, target=args.target, response_tokens=args.response_tokens,
     )
     stem = f"analysis_{args.analysis}_{short_name(args.instruction)}"
@@ -74,8 +78,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-patch-pairs", type=int, help="validation pairs for patching and necessity (default 4)")
     p.add_argument("--layer-stride", type=int, help="patching/necessity layer grid stride (default 3, plus the last layer)")
     p.add_argument("--n-positions", type=int, help="patching: positions from the end (default 12)")
-    p.add_argument("--out", default="figures", help="output folder (default figures)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    from ..cli import device_arg, folder_arg
+
+    p.add_argument("--out", type=folder_arg(), default="figures", help="output folder (default figures)")
+    p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is fastest on a busy shared CPU)")
     p.add_argument("--no-images", dest="images", action="store_false", help="write HTML and JSON only (no PNG)")
     p.set_defaults(func=cmd_analyze)

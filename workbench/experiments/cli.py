@@ -9,14 +9,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..arguments import float_list, int_list
+from ..arguments import float_list, int_list, text_arg
 from ..errors import WorkbenchError
 from .config import DEFAULT_MAX_DEGENERATION
 
 
 def _ratio(text: str) -> float | None:
     """A float, or None for 'none' / 'off' (a rule switched off)."""
-    return None if text.lower() in ("none", "off") else float(text)
+    from ..arguments import finite_float
+
+    return None if text.lower() in ("none", "off") else finite_float(text)  # 'inf' would write Infinity to config.json
 
 
 def positive_int(text: str) -> int:
@@ -65,7 +67,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="full: decode every layer x strength of the grid (the paper's); fast: score every cell with one "
                         "forward pass per validation prompt, then decode only the best --search-keep layers")
     p.add_argument("--search-keep", type=positive_int, default=3, help="--search fast: layers decoded per target (default 3)")
-    p.add_argument("--seed", type=int, default=0)
+    from ..arguments import seed_arg
+
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default on CPU: 1, for the same numbers on any machine and no oversubscription)")
     p.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="where sweep units run: local (this process, default) or ray (Ray actors; docs/ray.md)")
@@ -145,16 +149,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from .lock import hold_run_folder
 
+    from ..cli import layers_arg, parse_kwargs
+
+    family = family_of(args.instruction)  # bad input fails before the run folder is made or the model loads
+    kwargs = parse_kwargs(args.kwargs)
+    if args.direction and args.n_train:
+        raise WorkbenchError("--n-train sizes a direction computed from train pairs; --direction FILE gives one: drop one of them")
+    layers, strengths = layers_arg(args.layers, args.model), float_list(args.strengths)
+    direction = Direction.load(args.direction) if args.direction else None
     _lock = hold_run_folder(args.out)  # noqa: F841  one writer per run folder, before any work; freed on return
     torch.set_num_threads(cpu_threads(args.threads, args.device))
-    try:
-        kwargs = json.loads(args.kwargs) if args.kwargs else None
-    except json.JSONDecodeError as exc:
-        raise WorkbenchError(f"--kwargs is not JSON ({exc})") from None
     executor = make_executor(args.executor, address=args.address, workers=args.workers, model=args.model, device=args.device,
                              threads=args.threads)  # before loading: without Ray installed, fail at once
-    family = family_of(args.instruction)
-    direction = Direction.load(args.direction) if args.direction else None
     model = load_model(args.model, device=args.device)
     n = int(model.cfg.n_layers)
     if direction is None:
@@ -164,7 +170,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     val = load_pairs(family, args.instruction, "validation", kwargs).head(args.n_val or 40)
     mode = args.mode or ("project" if family == "format" else "add")
     settings = SweepSettings(
-        layers=int_list(args.layers) or default_layers(n, args.layer_stride), strengths=float_list(args.strengths) or [1.0],
+        layers=layers or default_layers(n, args.layer_stride), strengths=strengths or [1.0],
         max_new_tokens=args.max_new_tokens or 48, batch_size=args.batch_size or 20, unit_size=args.batch_size or 20,
         max_ppl_ratio=args.max_ppl_ratio, max_degeneration=args.max_degeneration, seed=args.seed,
         max_batch=args.max_batch, pack=not args.no_pack, search=args.search, search_keep=args.search_keep,
@@ -203,10 +209,12 @@ def register(subparsers: Any) -> None:
                         "direction's key with instruction_id_list checked (steering, the paper authors' files), or "
                         "detected (auto, default: steering when some id is not an IFEval id)")
     r.add_argument("--out", type=output_folder, default="results", help="results folder (default results/): writes <out>/<model>/<experiment>/")
-    r.add_argument("--publish", help="also write one Markdown page to <PUBLISH>/<model>/<experiment>.md (e.g. docs/results)")
+    from ..cli import folder_arg
+
+    r.add_argument("--publish", type=folder_arg("--publish"), help="also write one Markdown page to <PUBLISH>/<model>/<experiment>.md (e.g. docs/results)")
     r.add_argument("--instruction", action="append", help="instruction id (repeat; format, composition, transfer)")
     r.add_argument("--targets", help="sentence targets N for length/composition, e.g. 1,3")
-    r.add_argument("--word", action="append", help="keyword or phrase, any (repeat; keywords experiment)")
+    r.add_argument("--word", type=text_arg, action="append", help="keyword or phrase, any (repeat; keywords experiment)")
     r.add_argument("--words-file", help="keywords experiment: a text file of words or phrases, one per line")
     r.add_argument("--n-eval", type=positive_int, help="evaluation prompts per instruction")
     r.add_argument("--reference-model", help="model that scores perplexity (default: the unsteered model itself)")

@@ -52,7 +52,9 @@ __all__ = [
 ]
 
 def _model_dir(name: str) -> str:
-    return name.replace("/", "__").replace(":", "_")
+    from ..names import safe_name
+
+    return safe_name(name)  # bounded: a 300-character --word must not fail as "File name too long" after the sweep
 
 
 def _specs_for(run: Run, direction: Direction, sel: dict[str, Any] | None, mode: str, scale: float = 1.0) -> list | None:
@@ -417,6 +419,9 @@ def run_reproduce(config: ReproduceConfig, say: Callable[[str], None] = print, m
     """Run one experiment; return its output folder. ``model``: an already loaded ``config.model`` (reused)."""
     if config.experiment not in EXPERIMENTS:
         raise WorkbenchError(f"unknown experiment {config.experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
+    from .flags import check_experiment_config
+
+    check_experiment_config(config)  # a flag this experiment ignores, an unknown instruction: before any folder or model
     make_executor(config.executor, address=config.address, workers=config.workers)  # fail at once (e.g. Ray not installed)
     eval_file = None
     if config.eval_data:  # a bad evaluation file fails before the model is loaded

@@ -27,9 +27,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "projections and a small real steering sweep, and write each figure as interactive HTML and a PNG.",
     )
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name, local folder or hub id (default {DEFAULT_MODEL})")
-    p.add_argument("--out", default="figures", help="output folder (default figures)")
+    from ..cli import device_arg, folder_arg
+
+    p.add_argument("--out", type=folder_arg(), default="figures", help="output folder (default figures)")
     p.add_argument("--quick", action="store_true", help="fewer pairs, prompts and sweep cells (a smoke run, minutes less)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-images", action="store_true", help="write HTML only (no kaleido/Chromium needed)")
     p.set_defaults(func=cmd_figures)
     return p

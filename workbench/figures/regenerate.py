@@ -93,11 +93,13 @@ def regenerate_figures(
         raise WorkbenchError(f"figure plan: instructions {missing} must also be in plan.instructions")
     if images:
         check_image_export()  # fail before the long computation, not after it
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..io import check_output_dir
+
+    out = check_output_dir(out_dir, "--out")  # a file there fails now, not after the figures are computed
     start = time.time()
     say(f"Loading {model_name} ...")
     model = load_model(model_name, device=device)
+    out.mkdir(parents=True, exist_ok=True)  # after the load: an unknown model leaves no empty folder
     name = model_info(model).name
     n_layers = int(model.cfg.n_layers)
     analysis_layer = depth_layer(n_layers, plan.analysis_depth)
