@@ -38,6 +38,15 @@ def _write_direction(path: Path, meta, proj_len: int = 4) -> str:
     return str(path)
 
 
+def _write_raw_direction(path: Path, meta_json: str) -> str:
+    """A direction file whose metadata is written as given (save_tensors itself writes strict JSON only)."""
+    from safetensors.torch import save_file
+
+    save_file({"vectors": torch.ones(4, 64), "proj_with": torch.ones(4), "proj_without": torch.zeros(4)}, str(path),
+              metadata={"workbench": meta_json})
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """Bad files of every kind the cases below read."""
@@ -51,6 +60,10 @@ def files(tmp_path_factory):
     f["meta_list"] = _write_direction(root / "meta_list.safetensors", [1, 2, 3])
     f["proj_short"] = _write_direction(root / "proj_short.safetensors", _direction_meta(), proj_len=2)
     f["layer_repeat"] = _write_direction(root / "layer_repeat.safetensors", _direction_meta(layers=[0, 1, 1, 2]))
+    f["good_dir"] = _write_direction(root / "good.safetensors", _direction_meta())
+    f["d_model_inf"] = _write_raw_direction(root / "d_model_inf.safetensors", json.dumps(_direction_meta(d_model=float("inf"))))
+    f["n_pairs_nan"] = _write_raw_direction(root / "n_pairs_nan.safetensors", json.dumps(_direction_meta(n_pairs=float("nan"))))
+    f["extra_nan"] = _write_raw_direction(root / "extra_nan.safetensors", json.dumps(_direction_meta(extra={"coeff": float("-inf")})))
     f["gguf"] = root / "vec.gguf"
     f["gguf"].write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)
     f["pt"] = root / "vec.pt"
@@ -91,7 +104,7 @@ CLI_CASES = [
     ("compute-repeated-layers", ["directions", "compute", "--instruction", TITLE, "--layers", "1,1,2", "--out", "{root}/r.safetensors", *TINY],
      "more than once"),
     ("compute-identical-pairs", ["directions", "compute", "--pairs", "{same_pairs}", "--out", "{root}/s.safetensors", *TINY],
-     "prompt_without_instruction"),
+     "prompt_without_instruction equal to their prompt"),
     ("reproduce-out-is-file", ["reproduce", "format", "--quick", "--out", "{file}", *TINY], "is a file"),
     ("sweep-out-under-file", ["sweep", "--instruction", TITLE, "--out", "{file}/sub", *TINY], "is a file"),
     ("device-cuda", ["generate", "--prompt", "x", "--model", "tiny-random-llama", "--device", "cuda"], "cuda"),
@@ -109,6 +122,67 @@ CLI_CASES = [
     ("prompt-past-context", ["generate", "--prompt", "a" * 1100, *TINY], "exceed the context"),
     ("prompt-past-context-bridge", ["generate", "--prompt", "a" * 1100, "--backend", "bridge", *TINY], "exceed the context"),
     ("prompt-past-context-no-cache", ["generate", "--prompt", "a" * 1100, "--no-cache", *TINY], "exceed the context"),
+    # issue 26: each case one line before any work
+    ("compute-layers-huge-range", ["directions", "compute", "--instruction", TITLE, "--layers", "0-99999999999", "--out", "{root}/h.safetensors",
+                                   *TINY], "out of range"),
+    ("compute-layers-past-model", ["directions", "compute", "--instruction", TITLE, "--layers", "2-9", "--out", "{root}/h.safetensors", *TINY],
+     "this model has layers 0..3"),
+    ("compute-layers-backwards", ["directions", "compute", "--instruction", TITLE, "--layers", "3-1", "--out", "{root}/h.safetensors", *TINY],
+     "runs backwards"),
+    ("sweep-layers-huge-range", ["sweep", "--instruction", TITLE, "--layers", "0-99999999999", "--out", "{root}/lh", *TINY], "out of range"),
+    ("reproduce-layers-huge-range", ["reproduce", "format", "--quick", "--layers", "0-99999999999", "--out", "{root}/rl", *TINY], "out of range"),
+    ("generate-invalid-utf8", ["generate", "--prompt", "caf\udce9 \udcff\udcfe", *TINY], "not valid UTF-8 (byte 0xe9"),
+    ("reproduce-word-invalid-utf8", ["reproduce", "keywords", "--quick", "--word", "oc\udce9an", *TINY], "not valid UTF-8"),
+    ("generate-seed-huge", ["generate", "--prompt", "hi", "--sample", "--seed", "99999999999999999999999", *TINY], "64-bit seed"),
+    ("reproduce-seed-huge", ["reproduce", "format", "--quick", "--seed", "99999999999999999999999", *TINY], "64-bit seed"),
+    ("sweep-seed-huge", ["sweep", "--instruction", TITLE, "--seed", "-99999999999999999999999", "--out", "{root}/sh", *TINY], "64-bit seed"),
+    ("sweep-kwargs-list", ["sweep", "--instruction", TITLE, "--kwargs", "[1, 2]", "--out", "{root}/kw", *TINY], "must be a JSON object"),
+    ("sweep-kwargs-not-json", ["sweep", "--instruction", TITLE, "--kwargs", "{{x", "--out", "{root}/kw", *TINY], "not JSON"),
+    ("analyze-out-is-file", ["analyze", "attribution", "--no-images", "--out", "{file}", *TINY], "is a file"),
+    ("analyze-unknown-instruction", ["analyze", "attribution", "--no-images", "--instruction", "no:such", "--out", "{root}/an", *TINY],
+     "unknown built-in instruction"),
+    ("figures-out-is-file", ["figures", "--quick", "--no-images", "--out", "{file}", *TINY], "is a file"),
+    ("figures-out-under-file", ["figures", "--quick", "--no-images", "--out", "{file}/figs", *TINY], "which is a file"),
+    ("steer-d_model-infinity", ["generate", "--prompt", "x", "--steer", "{d_model_inf}", "--layer", "1", *TINY], "Infinity, not a finite number"),
+    ("steer-n_pairs-nan", ["generate", "--prompt", "x", "--steer", "{n_pairs_nan}", "--layer", "1", *TINY], "NaN, not a finite number"),
+    ("steer-extra-minus-infinity", ["generate", "--prompt", "x", "--steer", "{extra_nan}", "--layer", "1", *TINY], "not a finite number"),
+    ("generate-coeff-overflows", ["generate", "--prompt", "x", "--steer", "{good_dir}", "--layer", "1", "--coeff", "1e300", *TINY],
+     "too large for float32"),
+    ("generate-coeff-squares-overflow", ["generate", "--prompt", "x", "--steer", "{good_dir}", "--layer", "1", "--coeff", "1e20", *TINY],
+     "too large for float32"),
+    ("generate-coeff-inf", ["generate", "--prompt", "x", "--steer", "{good_dir}", "--layer", "1", "--coeff", "inf", *TINY], "finite number"),
+    ("generate-target-nan", ["generate", "--prompt", "x", "--steer", "{good_dir}", "--layer", "1", "--mode", "project", "--target", "nan",
+                             *TINY], "finite number"),
+    ("generate-target-overflows", ["generate", "--prompt", "x", "--steer", "{good_dir}", "--layer", "1", "--mode", "project",
+                                   "--target=-1e39", *TINY], "too large for float32"),
+    ("reproduce-strengths-nan", ["reproduce", "format", "--quick", "--strengths", "1,nan", "--out", "{root}/rs", *TINY], "not a finite number"),
+    ("reproduce-ppl-ratio-inf", ["reproduce", "format", "--quick", "--max-ppl-ratio", "inf", "--out", "{root}/rs", *TINY], "finite number"),
+    ("bench-repeats-0", ["bench", "--repeats", "0", *TINY[:2], "--out", ""], "must be >= 1"),
+    ("bench-n-extract-neg", ["bench", "--n-extract=-1", *TINY[:2], "--out", ""], "must be >= 1"),
+    ("bench-lengths-0", ["bench", "--lengths", "0", *TINY[:2], "--out", ""], "must be >= 1"),
+    ("bench-device-bad", ["bench", "--device", "tpu:zero", "--model", "tiny-random-llama", "--out", ""], "unknown device"),
+    ("reproduce-format-word", ["reproduce", "format", "--quick", "--word", "ocean", "--out", "{root}/rw", *TINY],
+     "--word/--words-file is for the keywords experiment"),
+    ("reproduce-format-targets", ["reproduce", "format", "--quick", "--targets", "1,3", "--out", "{root}/rw", *TINY], "--targets is for"),
+    ("reproduce-length-instruction", ["reproduce", "length", "--quick", "--instruction", TITLE, "--out", "{root}/rw", *TINY],
+     "--instruction is for"),
+    ("reproduce-keywords-source-model", ["reproduce", "keywords", "--quick", "--source-model", "tiny-random-llama", "--out", "{root}/rw", *TINY],
+     "--source-model is for the transfer experiment"),
+    ("reproduce-keywords-project", ["reproduce", "keywords", "--quick", "--mode", "project", "--out", "{root}/rw", *TINY], "add mode only"),
+    ("reproduce-convention-no-data", ["reproduce", "format", "--quick", "--convention", "eval", "--out", "{root}/rw", *TINY],
+     "pass --eval-data too"),
+    ("reproduce-workers-local", ["reproduce", "format", "--quick", "--workers", "2", "--out", "{root}/rw", *TINY], "--executor ray"),
+    ("reproduce-length-target-0", ["reproduce", "length", "--quick", "--targets", "0,2", "--out", "{root}/rw", *TINY], "count >= 1"),
+    ("reproduce-unknown-instruction", ["reproduce", "format", "--quick", "--instruction", "no:such", "--out", "{root}/rw", *TINY],
+     "not a built-in format instruction"),
+    ("sweep-direction-and-n-train", ["sweep", "--instruction", TITLE, "--direction", "{good_dir}", "--n-train", "5", "--out", "{root}/dn",
+                                     *TINY], "--n-train sizes a direction"),
+    ("reproduce-publish-is-file", ["reproduce", "format", "--quick", "--publish", "{file}", "--out", "{root}/rp", *TINY], "is a file"),
+    ("bench-out-under-file", ["bench", *TINY[:2], "--out", "{file}/b.json"], "is a file"),
+    ("bench-sweep-out-under-file", ["bench-sweep", *TINY[:2], "--out", "{file}/b.json"], "is a file"),
+    ("bench-sweep-unknown-instruction", ["bench-sweep", *TINY[:2], "--instruction", "no:such", "--out", ""], "unknown built-in instruction"),
+    ("demo-out-is-file", ["demo", *TINY[:2], "--out", "{file}"], "is a file"),
+    ("figures-unknown-model", ["figures", "--quick", "--no-images", "--model", "tiny-random-lama", "--out", "{root}/fu"], "did you mean"),
     ("sweep-record-lacks-fields", ["sweep", "--instruction", TITLE, "--out", "{sweep_bad}", "--n-train", "2", "--n-val", "1",
                                    "--layers", "1", *TINY], "lacks target"),
 ]
@@ -117,6 +191,8 @@ CLI_CASES = [
 @pytest.mark.parametrize("argv,fragment", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
 def test_cli_bad_input_is_one_line(files, capsys, argv, fragment):
     argv = [a.format(**{k: str(v) for k, v in files.items()}) if isinstance(a, str) else a for a in argv]
+    out = Path(argv[argv.index("--out") + 1]) if "--out" in argv and argv[argv.index("--out") + 1] else None
+    out_existed = out is not None and os.path.lexists(out)
     start = time.perf_counter()
     rc, err = _cli(argv, capsys)
     lines = [line for line in err.splitlines() if line.strip() and not line.startswith("usage:") and not line.startswith("  ")]
@@ -124,8 +200,10 @@ def test_cli_bad_input_is_one_line(files, capsys, argv, fragment):
     assert "Traceback" not in err
     assert len(lines) == 1 and "error:" in lines[0], err
     assert fragment in lines[0], lines[0]
-    if argv[0] != "sweep":
+    if argv[0] != "sweep" or "--layers" in argv:
         assert time.perf_counter() - start < 20, "refused before any slow work"
+    if out is not None and not out_existed:
+        assert not os.path.lexists(out), f"{out}: refused input left an output behind"
 
 
 def _tiny_direction(model):
@@ -158,6 +236,13 @@ PY_CASES = [
     ("steer-coeff-str", lambda m: wb.steer(m, _tiny_direction(m), layer=1, coeff="abc").__enter__(), wb.SteeringError, "coeff must be a number"),
     ("steer-target-str", lambda m: wb.steer(m, _tiny_direction(m), layer=1, mode="project", target="x").__enter__(), wb.SteeringError,
      "target must be a number"),
+    ("steer-coeff-overflows", lambda m: wb.steer(m, _tiny_direction(m), layer=1, coeff=1e300).__enter__(), wb.SteeringError,
+     "too large for float32"),
+    ("generate-invalid-utf8", lambda m: wb.generate(m, ["caf\udce9"], max_new_tokens=2), WorkbenchError, "prompt 0 is not valid UTF-8"),
+    ("activations-invalid-utf8", lambda m: wb.collect_activations(m, ["ok", "\ud800"], progress=False), WorkbenchError,
+     "prompt 1 is not valid UTF-8"),
+    ("generate-seed-huge", lambda m: wb.generate(m, ["x"], do_sample=True, seed=2**70), WorkbenchError, "64-bit seed"),
+    ("pairs-kwargs-list", lambda m: wb.load_pairs("format", TITLE, kwargs=[1, 2]), wb.DatasetError, "must be a JSON object"),
 ]
 
 
@@ -337,3 +422,101 @@ def test_closed_stdout_pipe_is_not_a_traceback(tiny):
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+# --- issue 26 -----------------------------------------------------------------------------------------
+def test_steering_vector_past_the_model_dtype_is_refused(tiny, monkeypatch):
+    """A strength fine in float32 but past float16's range is refused for a float16 model, before any hook is added."""
+    from workbench.models.loading import bridge_hook_count
+
+    vec = _tiny_direction(tiny)
+    monkeypatch.setattr(tiny.cfg, "dtype", torch.float16)
+    before = bridge_hook_count(tiny)
+    with pytest.raises(wb.SteeringError, match="too large for float16"):
+        wb.steer(tiny, vec, layer=1, coeff=1e6).__enter__()
+    assert bridge_hook_count(tiny) == before and not tiny.workbench.active_specs
+    with wb.steer(tiny, vec, layer=1, coeff=100.0):  # an ordinary strength still steers
+        pass
+
+
+def test_run_folder_lock_does_not_follow_a_symlink(tmp_path, capsys):
+    """A planted ``.workbench.lock`` link to a file outside --out: refused in one line, the file untouched."""
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    run_dir = tmp_path / "S"
+    run_dir.mkdir()
+    (run_dir / ".workbench.lock").symlink_to("../victim.txt")
+    rc, err = _cli(["sweep", "--instruction", TITLE, "--out", run_dir, *TINY], capsys)
+    assert rc == 2 and "symbolic link" in err and "Traceback" not in err, err
+    assert victim.read_text() == "precious\n"
+
+
+def test_unit_store_does_not_write_through_a_symlink(tmp_path, capsys):
+    """The resumable store (read, trimmed and appended in place) refuses a linked sweep.jsonl; the target is untouched."""
+    from workbench.experiments import UnitStore
+
+    victim = tmp_path / "victim.jsonl"
+    victim.write_text('{"key": "a"')  # a torn last line: a followed link would be trimmed
+    run_dir = tmp_path / "S"
+    run_dir.mkdir()
+    (run_dir / "units.jsonl").symlink_to(victim)
+    store = UnitStore(run_dir / "units.jsonl")
+    with pytest.raises(WorkbenchError, match="symbolic link"):
+        store.load()
+    with pytest.raises(WorkbenchError, match="symbolic link"):
+        UnitStore(run_dir / "units.jsonl").append({"key": "b"})
+    assert victim.read_text() == '{"key": "a"'
+    (run_dir / "sweep.jsonl").symlink_to(victim)
+    rc, err = _cli(["sweep", "--instruction", TITLE, "--out", run_dir, "--n-train", "2", "--n-val", "1", "--layers", "1", *TINY], capsys)
+    assert rc == 2 and "symbolic link" in err, err
+    assert victim.read_text() == '{"key": "a"'
+
+
+def _strict_json(text: str):
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_written_is_strict(tmp_path):
+    """No NaN or Infinity in any JSON the workbench writes: null instead (jq and JSON.parse reject them)."""
+    from workbench.experiments import UnitStore
+    from workbench.io import load_tensors, write_json_atomic
+
+    write_json_atomic(tmp_path / "a.json", {"limit": float("inf"), "rows": [float("nan"), -float("inf"), 1.5]})
+    assert _strict_json((tmp_path / "a.json").read_text()) == {"limit": None, "rows": [None, None, 1.5]}
+    save_tensors(tmp_path / "d.safetensors", {"x": torch.ones(2)}, {"kind": "direction", "coeff": float("inf")})
+    assert load_tensors(tmp_path / "d.safetensors", "direction")[1]["coeff"] is None
+    UnitStore(tmp_path / "u.jsonl").append({"key": "k", "perplexity": float("nan")})
+    assert _strict_json((tmp_path / "u.jsonl").read_text()) == {"key": "k", "perplexity": None}
+
+
+def test_names_from_user_text_are_bounded():
+    from workbench.names import safe_name
+
+    long_a, long_b = "include:" + "w" * 300, "include:" + "w" * 299 + "x"
+    assert safe_name("detectable_format:title") == "detectable_format_title"
+    assert safe_name("org/model") == "org__model"
+    for text in (long_a, long_b, "é" * 300, "include:a/b\\c\x01" * 40):
+        name = safe_name(text)
+        assert len(name.encode()) <= 96 and "/" not in name and "\x01" not in name
+    assert safe_name(long_a) != safe_name(long_b)  # the hash keeps long names apart
+    assert safe_name(long_a).startswith("include_www")
+
+
+def test_long_keyword_run_writes_bounded_names_and_strict_json(tmp_path, capsys):
+    """``reproduce keywords --word <300 characters>`` finishes (the direction file's name is bounded and hashed),
+    and with both quality rules off config.json and selection.json hold strict JSON."""
+    word = "ocean" + "x" * 295
+    rc, err = _cli(["reproduce", "keywords", "--word", word, "--n-train", "2", "--n-val", "1", "--n-eval", "1", "--max-new-tokens", "2",
+                    "--layers", "1", "--strengths", "1", "--max-ppl-ratio", "none", "--max-degeneration", "none",
+                    "--out", tmp_path, *TINY], capsys)
+    assert rc == 0, err
+    run = tmp_path / "tiny-random-llama" / "keywords"
+    names = [p.name for p in (run / "directions").iterdir()]
+    assert len(names) == 1 and len(names[0].encode()) <= 96 + len(".safetensors")
+    for name in ("config.json", "selection.json", "heatmap.json"):
+        _strict_json((run / name).read_text())
+    for line in (run / "sweep.jsonl").read_text().splitlines():
+        _strict_json(line)
