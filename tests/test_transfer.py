@@ -278,3 +278,21 @@ def test_identity_map_gives_todays_transfer_rows(tiny, tmp_path, one_thread):
     assert len(old) == 4 and sorted(old) == sorted(new)
     cos = list(csv.DictReader((mapped / "transfer_cosine.csv").open()))
     assert float(cos[0]["cos_transferred_own"]) == pytest.approx(1.0) and float(cos[0]["map_r2"]) == pytest.approx(1.0)
+
+
+def test_reproduce_transfer_refuses_bad_map_options_before_any_work(tiny, tmp_path, monkeypatch):
+    from workbench.experiments.reproduce import ReproduceConfig, run_reproduce
+
+    other = fit_map_from_activations(torch.randn(20, 64), torch.randn(20, WIDE), source=("tiny-random-llama", 1, 4),
+                                     target=("qwen2-w96", 1, 3), ridge=1.0)
+    other.save(tmp_path / "other.safetensors")
+    _no_work(monkeypatch)
+    monkeypatch.setattr("workbench.experiments.run.collect_activations", workbench.activations.collect_activations)
+    kw = dict(model="tiny-random-llama", quick=True, out=str(tmp_path / "out"), n_train=4, n_val=4, n_eval=4, instructions=[TITLE])
+    with pytest.raises(ShapeError) as exc:  # a map file fitted for another target model
+        run_reproduce(ReproduceConfig("transfer", map=str(tmp_path / "other.safetensors"), **kw), say=lambda s: None, model=tiny)
+    assert "its target is qwen2-w96 (3 layers x 96)" in _one_line(exc)
+    with pytest.raises(WorkbenchError, match="not one of affine, orthogonal, identity and no such map file"):
+        run_reproduce(ReproduceConfig("transfer", map="nonsense", **kw), say=lambda s: None, model=tiny)
+    with pytest.raises(WorkbenchError, match="--map-prompts: a map needs at least 10 fit texts, got 5"):
+        run_reproduce(ReproduceConfig("transfer", map="affine", map_prompts=5, **kw), say=lambda s: None, model=tiny)
