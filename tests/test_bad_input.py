@@ -182,6 +182,8 @@ CLI_CASES = [
     ("bench-sweep-out-under-file", ["bench-sweep", *TINY[:2], "--out", "{file}/b.json"], "is a file"),
     ("bench-sweep-unknown-instruction", ["bench-sweep", *TINY[:2], "--instruction", "no:such", "--out", ""], "unknown built-in instruction"),
     ("demo-out-is-file", ["demo", *TINY[:2], "--out", "{file}"], "is a file"),
+    ("sweep-unknown-model", ["sweep", "--instruction", TITLE, "--model", "tiny-random-lama", "--device", "cpu", "--out", "{root}/um"],
+     "did you mean"),
     ("figures-unknown-model", ["figures", "--quick", "--no-images", "--model", "tiny-random-lama", "--out", "{root}/fu"], "did you mean"),
     ("sweep-record-lacks-fields", ["sweep", "--instruction", TITLE, "--out", "{sweep_bad}", "--n-train", "2", "--n-val", "1",
                                    "--layers", "1", *TINY], "lacks target"),

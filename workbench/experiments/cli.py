@@ -155,9 +155,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     kwargs = parse_kwargs(args.kwargs)
     if args.direction and args.n_train:
         raise WorkbenchError("--n-train sizes a direction computed from train pairs; --direction FILE gives one: drop one of them")
+    from ..models.loading import layer_count
+
+    layer_count(args.model)  # an unknown model name fails here, before the run folder and its lock are made
     layers, strengths = layers_arg(args.layers, args.model), float_list(args.strengths)
     direction = Direction.load(args.direction) if args.direction else None
     _lock = hold_run_folder(args.out)  # noqa: F841  one writer per run folder, before any work; freed on return
+    from .store import UnitStore
+
+    UnitStore(Path(args.out) / "sweep.jsonl").load()  # a bad line of an earlier run fails now, not after the direction
     torch.set_num_threads(cpu_threads(args.threads, args.device))
     executor = make_executor(args.executor, address=args.address, workers=args.workers, model=args.model, device=args.device,
                              threads=args.threads)  # before loading: without Ray installed, fail at once
