@@ -49,7 +49,7 @@ def test_model_all_runs_each_model_and_compares(tmp_path, absent_model, one_thre
             b["instruction_id"], b["condition"], b["accuracy"], b["perplexity"])
         assert b["n_layers"] == "4" and b["d_model"] == "64"
     md = (out / "comparison.md").read_text()
-    assert "| instruction_id | condition | tiny-random-llama accuracy | tiny-random-llama perplexity |" in md
+    assert "| instruction_id | condition | rule | tiny-random-llama accuracy | tiny-random-llama perplexity |" in md
     assert "wbtest-absent" in md and "not run" in md
     assert (out / "models.csv").is_file()
     page = (tmp_path / "pub" / "all" / "format.md").read_text()

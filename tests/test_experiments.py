@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 from types import SimpleNamespace
@@ -13,6 +14,7 @@ import torch
 import workbench as wb
 from workbench.errors import DatasetError, LayerError, ShapeError
 from workbench.experiments import SweepSettings, SweepTarget, UnitStore, default_layers, heatmap_records, run_sweep, select
+from workbench.experiments.sweep import describe_selection, summarize
 from workbench.experiments.cli import register
 from workbench.experiments.hygiene import SplitLeakError, check_split_hygiene
 from workbench.experiments.reproduce import (
@@ -120,8 +122,8 @@ def test_select_applies_the_quality_rule():
         r["degeneration"] = deg
     sel, _ = select(recs, base, max_ppl_ratio=None, max_degeneration=0.5)
     assert sel["t"]["layer"] == 2
-    sel, _ = select(recs, base, max_ppl_ratio=2.0, max_degeneration=0.3)
-    assert sel["t"]["layer"] == 6 and sel["t"]["rule"] == "perplexity <= 2 x unsteered, degeneration <= 0.3"
+    sel, _ = select(recs, base, max_ppl_ratio=2.0, max_degeneration=0.3, max_degeneration_gain=None)
+    assert sel["t"]["layer"] == 6 and sel["t"]["rule"] == "perplexity <= 2 x unsteered, degeneration <= 0.3, accuracy > unsteered"
     assert sel["t"]["excluded_by_rule"] == ["layer 2, strength 1", "layer 4, strength 1"]
     assert sel["t"]["most_accurate_without_rule"]["layer"] == 2
     sel, _ = select(recs, base, max_ppl_ratio=2.0, max_degeneration=0.15)
@@ -129,6 +131,43 @@ def test_select_applies_the_quality_rule():
     sel, _ = select(recs, base, max_ppl_ratio=None, max_perplexity=13.0)
     assert sel["t"]["layer"] == 6
     assert math.isfinite(sel["t"]["perplexity_limit"])
+    sel, _ = select(recs, base, max_ppl_ratio=None, max_degeneration_gain=None)
+    assert sel["t"]["perplexity_limit"] is None and sel["t"]["degeneration_limit"] is None  # strict JSON: no Infinity
+
+
+def test_select_limits_repetition_relative_to_unsteered():
+    """The repetition limit moves with the unsteered responses' own repetition (longer responses repeat more)."""
+    recs = [{"instruction_id": "t", "layer": 2, "coeff": 1.0, "mode": "add", "accuracy": 0.6, "perplexity": 3.0, "degeneration": 0.35},
+            {"instruction_id": "t", "layer": 4, "coeff": 1.0, "mode": "add", "accuracy": 0.3, "perplexity": 3.0, "degeneration": 0.2}]
+    short = {"t": {"perplexity": 2.0, "accuracy": 0.0, "degeneration": 0.02, "n": 10}}
+    long = {"t": {"perplexity": 2.0, "accuracy": 0.0, "degeneration": 0.2, "n": 10}}
+    assert select(recs, short, max_degeneration_gain=0.2)[0]["t"]["layer"] == 4  # 0.35 > 0.02 + 0.2
+    sel = select(recs, long, max_degeneration_gain=0.2)[0]["t"]
+    assert sel["layer"] == 2 and sel["degeneration_limit"] == pytest.approx(0.4)
+    assert select(recs, short, max_degeneration_gain=None)[0]["t"]["layer"] == 2
+
+
+def test_select_never_selects_a_cell_that_adds_nothing():
+    """A cell is selectable only if it beats the unsteered validation accuracy; otherwise none, and the note says why."""
+    base = {"t": {"perplexity": 2.0, "accuracy": 0.3, "degeneration": 0.02, "n": 10}}
+    recs = [{"instruction_id": "t", "layer": L, "coeff": 1.0, "mode": "project", "accuracy": a, "perplexity": 2.5,
+             "degeneration": 0.05, "n": 10} for L, a in ((8, 0.3), (10, 0.1))]
+    sel, notes = select(recs, base)
+    assert sel["t"] is None and "beat the unsteered validation accuracy (30% of 10" in notes[0] and "layer 8" in notes[0]
+    paper, _ = select(recs, base, max_degeneration_gain=None, beat_unsteered=False)
+    assert paper["t"]["layer"] == 8  # the paper's rule reports a cell that does no better than no steering
+    recs[1]["accuracy"] = 0.4
+    sel, _ = select(recs, base)
+    assert sel["t"]["layer"] == 10
+    assert describe_selection(sel["t"]) == "layer 10, strength 1 (validation 4/10, unsteered 3/10)"
+    assert describe_selection(None) == "none"
+
+
+def test_summarize_keeps_the_paper_rules_selection_beside():
+    recs = [{"instruction_id": "t", "layer": L, "coeff": 1.0, "mode": "add", "strict": s, "loose": s, "perplexity": [2.0] * 4,
+             "degeneration": [d] * 4} for L, s, d in ((None, [False] * 4, 0.0), (3, [True] * 4, 0.6), (5, [True, False, False, False], 0.1))]
+    result = summarize(recs, SweepSettings(layers=[3, 5]))
+    assert result.selection["t"]["layer"] == 5 and result.paper_selection["t"]["layer"] == 3
 
 
 # --- split hygiene ---------------------------------------------------------------------------
@@ -196,7 +235,18 @@ def test_reproduce_format_quick_end_to_end(tiny, tmp_path, capsys, one_thread):
     assert {g["split"] for g in gens} == {"test"}
     selection = json.loads((run_dir / "selection.json").read_text())
     d = wb.Direction.load(run_dir / "directions" / "detectable_format_title.safetensors")
-    assert d.extra["selection"] == selection[TITLE] and d.extra["selection"]["layer"] == 2
+    # random weights never write a title: the workbench's rule selects nothing, the paper's rule still picks layer 2,
+    # and the table shows the paper rule's steered rows (marked) and no steered row as if it were a selection
+    assert selection[TITLE] is None and d.extra["selection"] is None
+    assert d.extra["paper_selection"] == config["paper_selection"][TITLE] and config["paper_selection"][TITLE]["layer"] == 2
+    with open(run_dir / "results.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["instruction_id"] == TITLE]
+    assert {(r["condition"], r["rule"]) for r in rows} == {("no_instruction", ""), ("instruction", ""),
+                                                           ("no_instruction_steered", "paper"), ("instruction_steered", "paper")}
+    assert all(r["accuracy_p"] for r in rows if r["rule"] == "paper")  # McNemar against the same prompts unsteered
+    md = (run_dir / "results.md").read_text()
+    assert f"{TITLE}: none selected (no cell that passed the quality rule beat the unsteered validation accuracy" in md
+    assert "the paper's rule: layer 2, strength" in md and "(validation 0/4, unsteered 0/4)" in md
     csv_before = (run_dir / "results.csv").read_text()
     # rerun on the already loaded model: the sweep resumes entirely and the tables come out the same
     lines_before = (run_dir / "sweep.jsonl").read_text()
@@ -226,10 +276,10 @@ def test_sweep_command_writes_selection_beside_direction(tiny, tmp_path, capsys,
     out = tmp_path / "sweep"
     argv = ["sweep", "--model", "tiny-random-llama", "--instruction", TITLE, "--layers", "1,3", "--strengths", "1,2",
             "--mode", "add", "--n-train", "4", "--n-val", "2", "--max-new-tokens", "2", "--max-ppl-ratio", "none",
-            "--threads", "1", "--out", str(out)]
+            "--threads", "1", "--rule", "paper", "--out", str(out)]
     assert _cli(argv) == 0
     selection = json.loads((out / "selection.json").read_text())[TITLE]
-    assert wb.Direction.load(out / "direction.safetensors").extra["selection"] == selection
+    assert selection is not None and wb.Direction.load(out / "direction.safetensors").extra["selection"] == selection
     assert len(json.loads((out / "heatmap.json").read_text())) == 4
-    assert "selected:" in capsys.readouterr().out
+    assert f"selected: layer {selection['layer']}, strength" in capsys.readouterr().out
     assert _cli(argv) == 0 and "0 units run, 5 resumed" in capsys.readouterr().out

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 import math
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def test_field_mapping_and_bad_files(tmp_path):
     rows = [{"id": "a", "original_prompt": "Q? Use no commas.", "model_output": "Q?", "instruction_id_list": ["punctuation:no_comma"],
              "kwargs": [{}]}]
     path = write_jsonl(tmp_path / "renamed.jsonl", rows)
-    with pytest.raises(DatasetError, match="renamed.jsonl line 1: neither schema.*--fields"):
+    with pytest.raises(DatasetError, match="renamed.jsonl line 1: no known schema.*--fields"):
         read_pairs_file(path)
     data = wb.load_pairs_file(path, fields="prompt=original_prompt,prompt_without_instruction=model_output,base_id=id")
     assert data[0].prompt == "Q? Use no commas." and data[0].prompt_without_instruction == "Q?" and data[0].base_id == "a"
@@ -219,9 +220,68 @@ def test_eval_file_without_rows_for_the_instruction(tiny, tmp_path):
     path = write_jsonl(tmp_path / "commas.jsonl", [{"key": 1, "prompt": "Write. No commas.", "instruction_id_list": ["punctuation:no_comma"],
                                                     "kwargs": [{}]}])
     cfg = ReproduceConfig("format", instructions=[TITLE], eval_data=str(path), out=str(tmp_path / "e"), **SMALL)
-    with pytest.raises(DatasetError, match=f"commas.jsonl: no rows check {TITLE}"):
+    with pytest.raises(DatasetError, match=f"commas.jsonl: no row checks any instruction this format run evaluates \\({TITLE}\\)"):
         run_reproduce(cfg, say=lambda s: None, model=tiny)
     assert not list((tmp_path / "e").rglob("sweep.jsonl"))  # found before any work: nothing swept or written
+
+
+def test_a_file_that_covers_part_of_a_run_is_evaluated_where_it_covers(tiny, tmp_path):
+    """Inclusion rows for one of two words: the other word gets no direction, exclusion is skipped, and the log,
+    config.json and the results page list what was skipped."""
+    rows = wb.load_pairs("keywords", "keywords:existence", split="test", kwargs={"keywords": ["ocean"]}).head(3)
+    path = tmp_path / "ocean.jsonl"
+    rows.to_jsonl(path)
+    log: list[str] = []
+    cfg = ReproduceConfig("keywords", words=["ocean", "music"], strengths=[1.0], eval_data=str(path), out=str(tmp_path / "k"), **SMALL)
+    out = run_reproduce(cfg, say=log.append, model=tiny)
+    skipped = {s["name"] for s in json.loads((out / "config.json").read_text())["coverage"]["skipped"]}
+    assert skipped == {"exclude:ocean", "include:music", "exclude:music"}
+    assert sum("skipped" in line for line in log) == 3
+    table = list(csv.DictReader((out / "results.csv").open()))
+    assert {(r["word"], r["task"]) for r in table} == {("ocean", "include")}
+    assert sorted(p.name for p in (out / "directions").iterdir()) == ["include_ocean.safetensors"]
+    assert "Not evaluated: exclude:music:" in (out / "results.md").read_text()
+
+
+def test_a_run_asks_for_less_and_a_file_covering_nothing_fails_first(tmp_path):
+    cfg = ReproduceConfig("keywords", words=["ocean"], include_only=True, exclude_only=True, out=str(tmp_path / "k"), **SMALL)
+    with pytest.raises(DatasetError, match="--include-only and --exclude-only exclude each other"):
+        run_reproduce(cfg, say=lambda s: None)
+    from workbench.experiments.coverage import evaluation_sets
+
+    assert [s.name for s in evaluation_sets(replace(cfg, include_only=False))] == ["exclude:ocean"]
+    rows = wb.load_pairs("keywords", "keywords:existence", split="test", kwargs={"keywords": ["ocean"]}).head(2)
+    rows.to_jsonl(tmp_path / "inc.jsonl")
+    cfg = replace(cfg, include_only=False, eval_data=str(tmp_path / "inc.jsonl"))  # exclusion only, the file has inclusion
+    with pytest.raises(DatasetError, match="no row checks any instruction this keywords run evaluates"):
+        run_reproduce(cfg, say=lambda s: None)
+    assert not (tmp_path / "k").exists()  # before any folder, model or direction
+
+
+def test_base_queries_are_phrased_as_the_builtin_rows(tiny, tmp_path):
+    """A file of base queries (mapped with --fields) gives the built-in rows exactly, for length and keywords."""
+    from workbench.data.builtin import rows_from_queries
+
+    builtin = wb.load_pairs("length", "length_constraints:number_sentences", split="test", kwargs={"num_sentences": 2})
+    path = write_jsonl(tmp_path / "queries.jsonl", [{"id": r.base_id, "text": r.prompt_without_instruction} for r in builtin]
+                       + [{"id": "blank", "text": "  "}])
+    queries, report = read_pairs_file(path, fields="key=id,query=text")
+    assert report.schema == "queries" and len(queries) == len(builtin)  # the blank query is left out
+    made = rows_from_queries(queries, "length_constraints:number_sentences", {"num_sentences": 2, "relation": "less than"})
+    assert [(r.prompt, r.prompt_without_instruction, r.eval_kwargs) for r in made] == [
+        (r.prompt, r.prompt_without_instruction, r.eval_kwargs) for r in builtin]
+    cfg = ReproduceConfig("length", targets=[1], strengths=[1.0], n_eval=3, eval_data=str(path), fields="key=id,query=text",
+                          out=str(tmp_path / "l"), **SMALL)
+    out = run_reproduce(cfg, say=lambda s: None, model=tiny)
+    gens = [json.loads(x) for x in (out / "generations.jsonl").read_text().splitlines() if '"condition": "instruction"' in x]
+    phrase = instruction_phrase("length_constraints:number_sentences", {"num_sentences": 2, "relation": "less than"}, builtin[0].base_id)
+    assert gens[0]["prompt"] == f"{builtin[0].prompt_without_instruction} {phrase}"
+    for experiment in ("format", "composition"):
+        with pytest.raises(DatasetError, match="holds base queries only"):
+            run_reproduce(replace(cfg, experiment=experiment, targets=None, out=str(tmp_path / experiment)), say=lambda s: None)
+    write_jsonl(tmp_path / "blank.jsonl", [{"query": " "}])
+    with pytest.raises(DatasetError, match="no usable query"):
+        read_pairs_file(tmp_path / "blank.jsonl")
 
 
 def test_load_report_is_json():
@@ -246,7 +306,7 @@ def test_direction_records_the_instruction_arguments_it_was_learned_from(tiny, t
 @pytest.mark.parametrize(("args", "message"), [
     (["--word", ""], "--word: a keyword must be a non-empty word or phrase"),
     (["--words-file", "EMPTY"], "no words in the file"),
-    (["--eval-data", "NEITHER"], "neither schema"),
+    (["--eval-data", "NEITHER"], "no known schema"),
     (["--eval-data", "NEITHER", "--fields", "prompt=question"], "which line 1 lacks"),
     (["--fields", "prompt=question"], "--fields maps the fields of an --eval-data file"),
 ])

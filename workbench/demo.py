@@ -64,10 +64,11 @@ class DemoResult:
 
     @property
     def meets_rule(self) -> bool:
-        """Whether the steered responses meet reproduce's default repetition rule (degeneration <= the limit)."""
-        from .experiments.config import DEFAULT_MAX_DEGENERATION
+        """Whether the steered responses meet reproduce's default repetition rule (at most the unsteered repetition
+        + the allowed gain)."""
+        from .experiments.sweep import DEFAULT_MAX_DEGENERATION_GAIN, degeneration_limit
 
-        return self.repetition_steered <= DEFAULT_MAX_DEGENERATION
+        return self.repetition_steered <= degeneration_limit(self.repetition_unsteered, DEFAULT_MAX_DEGENERATION_GAIN)
 
 
 def _repetition(texts: list[str]) -> float:

@@ -138,22 +138,30 @@ def _rows_for(instruction_id: str, spec: dict[str, Any], queries: list[dict[str,
             if per_query and _stable_int(f"{q['id']}|{instruction_id}|variant") % len(variants) != vi:
                 continue
             template = phrasings[_stable_int(f"{q['id']}|{instruction_id}") % len(phrasings)]
-            rows.append(
-                PairRow(
-                    prompt=f"{q['text']} {template.format(**fill)}",
-                    prompt_without_instruction=q["text"],
-                    instruction_id=instruction_id,
-                    kwargs=kwargs,
-                    base_id=q["id"],
-                    eval_instruction_ids=(instruction_id,),
-                    eval_kwargs=(kwargs,),
-                    split=splits[q["id"]],
-                )
-            )
+            rows.append(_instructed(q["text"], template.format(**fill), instruction_id, kwargs, q["id"], splits[q["id"]]))
     if per_query:  # query order, as for single-variant instructions, so head(n) mixes the argument values
         order = {q["id"]: i for i, q in enumerate(queries)}
         rows.sort(key=lambda r: order[r.base_id])
     return rows
+
+
+def _instructed(text: str, phrase: str, instruction_id: str, kwargs: dict[str, Any], key: str, split: str) -> PairRow:
+    """A base query with an instruction phrase appended (the built-in rows' construction)."""
+    return PairRow(prompt=f"{text} {phrase}", prompt_without_instruction=text, instruction_id=instruction_id, kwargs=kwargs,
+                   base_id=key, eval_instruction_ids=(instruction_id,), eval_kwargs=(kwargs,), split=split)
+
+
+def rows_from_queries(queries: PairDataset, instruction_id: str, kwargs: dict[str, Any]) -> PairDataset:
+    """Pairs from a file of base queries: each query with ``instruction_id`` appended exactly as the built-in
+    rows phrase it (the same phrasing for the same query key), and without it.
+
+    >>> qs = load_pairs_file("queries.jsonl", fields="query=text")   # rows of the "queries" schema
+    >>> rows_from_queries(qs, "keywords:existence", {"keywords": ["ocean"]})[0].prompt  # doctest: +SKIP
+    'Describe your morning routine. Make sure the word "ocean" appears in your answer.'
+    """
+    rows = [_instructed(q.prompt, instruction_phrase(instruction_id, kwargs, q.base_id), instruction_id, kwargs, q.base_id, q.split)
+            for q in queries]
+    return PairDataset(rows, name=f"{queries.name}[{instruction_id} {kwargs}]")
 
 
 def load_pairs(

@@ -1,6 +1,6 @@
 """External pair files as they are: IFEval's own JSONL, paired files in both conventions, renamed fields.
 
-Two schemas:
+Three schemas:
 
 - **IFEval** (``key``, ``prompt``, ``instruction_id_list``, ``kwargs``): prompts with their instructions,
   several per row allowed; no instruction-free twin. IFEval's 541 prompts ship with the package
@@ -10,6 +10,10 @@ Two schemas:
   or ``steering`` (the paper authors' files: the key of the steering direction, such as
   ``language:response_language_kn``, with ``instruction_id_list`` checked). ``auto`` picks ``steering``
   when some ``instruction_id_list_for_eval`` entry is not an IFEval id.
+- **queries** (``query``, optional ``key``/``base_id``): base queries without any instruction, for the
+  length and keywords experiments, which append their instruction exactly as the built-in rows do
+  (:func:`workbench.data.builtin.rows_from_queries`); e.g. a user's own queries, or IFEval prompts with
+  their constraints removed (``--fields query=prompt``).
 
 Files that name their fields differently load with ``fields={"prompt": "original_prompt", ...}``; the
 paper authors' layout (``original_prompt`` with the instruction, ``prompt`` without) is recognised.
@@ -37,7 +41,8 @@ from ..io import read_jsonl
 from .pairs import EXTERNAL_SPLIT, PairDataset, PairRow
 
 CANONICAL_FIELDS = ("key", "base_id", "prompt", "prompt_without_instruction", "instruction_id_list",
-                    "instruction_id_list_for_eval", "kwargs")
+                    "instruction_id_list_for_eval", "kwargs", "query")
+QUERIES_SCHEMA = "queries"  # base queries only (a ``query`` field): the length and keywords runs append their instruction
 CONVENTIONS = ("auto", "eval", "steering")
 IFEVAL_NAME = "ifeval"
 # The paper authors' released files: the instructed prompt in `original_prompt`, the rewrite without it in `prompt`.
@@ -249,15 +254,30 @@ def _paired_rows(path: Path, records: list[tuple[int, dict[str, Any]]], conventi
 
 
 def _schema_of(first: dict[str, Any], path: Path, line: int) -> str:
+    if "query" in first and "prompt" not in first:
+        return QUERIES_SCHEMA
     if "prompt_without_instruction" in first:
         return "paired"
     if {"key", "prompt", "instruction_id_list", "kwargs"} <= set(first):
         return "ifeval"
     raise DatasetError(
-        f"{path} line {line}: neither schema: a paired file needs prompt, prompt_without_instruction, "
-        f"instruction_id_list, kwargs; an IFEval file needs key, prompt, instruction_id_list, kwargs "
-        f"(the row has {', '.join(sorted(first)) or 'no fields'}; rename fields with --fields OURS=THEIRS)"
+        f"{path} line {line}: no known schema: a paired file needs prompt, prompt_without_instruction, "
+        f"instruction_id_list, kwargs; an IFEval file needs key, prompt, instruction_id_list, kwargs; a file of base "
+        f"queries needs query (the row has {', '.join(sorted(first)) or 'no fields'}; rename fields with --fields OURS=THEIRS)"
     )
+
+
+def _query_rows(path: Path, records: list[tuple[int, dict[str, Any]]]) -> list[PairRow]:
+    """Base queries (no instruction yet): one row each, its prompt the query; blank queries are left out."""
+    rows: list[PairRow] = []
+    for lineno, obj in records:
+        text = _str_field(obj, "query", f"{path} line {lineno}")
+        if text and text.strip():
+            rows.append(PairRow(prompt=text.strip(), prompt_without_instruction=text.strip(), instruction_id="", kwargs={},
+                                base_id=_base_id(obj, lineno), eval_instruction_ids=(), eval_kwargs=(), split=EXTERNAL_SPLIT))
+    if not rows:
+        raise DatasetError(f"{path}: no usable query (every 'query' field is blank)")
+    return rows
 
 
 def read_pairs_file(
@@ -279,7 +299,9 @@ def read_pairs_file(
     schema = schema or _schema_of(records[0][1], p, first_line)
     report = LoadReport(path=str(path), schema=schema, fields=mapping)
     known = _known_ids()
-    if schema == "ifeval":
+    if schema == QUERIES_SCHEMA:
+        rows = _query_rows(p, records)
+    elif schema == "ifeval":
         rows = _ifeval_rows(p, records)
     else:
         used, reason = (_detect_convention(records, known) if convention == "auto" else (convention, "given"))

@@ -67,7 +67,7 @@ def _bench(model, instruction, layers, strengths, n_train, n_val, max_new_tokens
     target = SweepTarget(instruction, val, direction, "project")
     grid = list(layers) if layers else default_layers(int(model.cfg.n_layers))
     base = SweepSettings(layers=grid, strengths=list(strengths), max_new_tokens=max_new_tokens, batch_size=unit_size,
-                         unit_size=unit_size, max_degeneration=0.25, max_batch=max_batch)
+                         unit_size=unit_size, max_batch=max_batch)
     settings = {VARIANTS[0]: replace(base, pack=False), VARIANTS[1]: base,
                 VARIANTS[2]: replace(base, search="fast", search_keep=search_keep)}
     say(f"sweep bench: {model_info(model).name}, {instruction}, layers {grid}, strengths {list(strengths)}, "

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..arguments import float_list, int_list, text_arg
 from ..errors import WorkbenchError
-from .config import DEFAULT_MAX_DEGENERATION
+from .sweep import DEFAULT_MAX_DEGENERATION_GAIN
 
 
 def _ratio(text: str) -> float | None:
@@ -57,9 +57,14 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=positive_int)
     p.add_argument("--max-ppl-ratio", type=_ratio, default=2.0,
                    help="quality rule: steered perplexity <= this x unsteered (default 2.0; 'none' turns it off)")
-    p.add_argument("--max-degeneration", type=_ratio, default=DEFAULT_MAX_DEGENERATION,
-                   help=f"quality rule: also require mean degeneration (share of repeated 3-grams) <= this "
-                        f"(default {DEFAULT_MAX_DEGENERATION:g}; 'none' is the paper's perplexity-only rule; docs/reproduce.md)")
+    p.add_argument("--max-degeneration-gain", type=_ratio, default=DEFAULT_MAX_DEGENERATION_GAIN,
+                   help=f"quality rule: steered mean degeneration (share of repeated 3-grams) <= the unsteered responses' "
+                        f"+ this (default {DEFAULT_MAX_DEGENERATION_GAIN:g}; 'none' turns it off; docs/reproduce.md)")
+    p.add_argument("--rule", choices=("workbench", "paper"), default="workbench",
+                   help="selection rule: workbench (default: the perplexity and repetition limits, and validation accuracy "
+                        "above no steering) or paper (the perplexity limit alone); the paper rule's cell is reported beside")
+    p.add_argument("--max-degeneration", type=_ratio, default=None,
+                   help="quality rule: also cap steered mean degeneration at this absolute share (default: no cap)")
     p.add_argument("--max-batch", type=positive_int, help="rows per packed decode batch: sweep units and conditions "
                    "share batches, each row steered on its own (default: chosen from the device, 80 on a CPU)")
     p.add_argument("--no-pack", action="store_true", help="decode sweep units and conditions one at a time (the pre-packing path)")
@@ -102,9 +107,11 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     cfg = ReproduceConfig(
         experiment=args.experiment, model=args.model, quick=args.quick, eval_data=args.eval_data, device=args.device,
         out=args.out, seed=args.seed, mode=args.mode, instructions=args.instruction, targets=int_list(args.targets, "--targets"),
-        words=_words(args.word, args.words_file), layers=int_list(args.layers), layer_stride=args.layer_stride, strengths=float_list(args.strengths),
+        words=_words(args.word, args.words_file), include_only=args.include_only, exclude_only=args.exclude_only,
+        layers=int_list(args.layers), layer_stride=args.layer_stride, strengths=float_list(args.strengths),
         n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, max_ppl_ratio=args.max_ppl_ratio, max_degeneration=args.max_degeneration,
+        max_degeneration_gain=args.max_degeneration_gain, rule=args.rule,
         reference_model=args.reference_model,
         source_model=args.source_model, map=args.map, map_prompts=args.map_prompts, threads=args.threads, publish=args.publish,
         executor=args.executor, address=args.address, workers=args.workers, fields=args.fields, convention=args.convention,
@@ -141,7 +148,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .reproduce import SWEEP_COLUMNS
     from .results import write_table
     from .executors import make_executor
-    from .sweep import SweepSettings, SweepTarget, default_layers, heatmap_records, run_sweep
+    from .sweep import (SweepSettings, SweepTarget, default_layers, describe_selection, heatmap_records, rule_settings,
+                        run_sweep)
 
     import torch
 
@@ -178,7 +186,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     settings = SweepSettings(
         layers=layers or default_layers(n, args.layer_stride), strengths=strengths or [1.0],
         max_new_tokens=args.max_new_tokens or 48, batch_size=args.batch_size or 20, unit_size=args.batch_size or 20,
-        max_ppl_ratio=args.max_ppl_ratio, max_degeneration=args.max_degeneration, seed=args.seed,
+        max_ppl_ratio=args.max_ppl_ratio, **rule_settings(args.rule, args.max_degeneration, args.max_degeneration_gain), seed=args.seed,
         max_batch=args.max_batch, pack=not args.no_pack, search=args.search, search_keep=args.search_keep,
     )
     out = Path(args.out)
@@ -193,7 +201,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         write_json_atomic(out / "search.json", result.search)
     write_table(out / "sweep", [*result.baselines.values(), *result.records], SWEEP_COLUMNS, f"sweep {args.instruction}")
     print((out / "sweep.md").read_text(encoding="utf-8"))
-    print(f"selected: {sel if sel else 'none (no layer passed the quality rule)'}; "
+    paper = result.paper_selection.get(args.instruction)
+    for note in result.notes:
+        print(note)
+    print(f"selected: {describe_selection(sel)}; the paper's perplexity-only rule: {describe_selection(paper)}")
+    print(f"selection: {sel if sel else 'none'}; "
           f"{result.units_run} units run, {result.units_skipped} resumed, {time.time() - start:.0f} s; wrote {out}/")
     return 0
 
@@ -222,6 +234,8 @@ def register(subparsers: Any) -> None:
     r.add_argument("--targets", help="sentence targets N for length/composition, e.g. 1,3")
     r.add_argument("--word", type=text_arg, action="append", help="keyword or phrase, any (repeat; keywords experiment)")
     r.add_argument("--words-file", help="keywords experiment: a text file of words or phrases, one per line")
+    r.add_argument("--include-only", action="store_true", help="keywords experiment: evaluate inclusion only (no exclusion)")
+    r.add_argument("--exclude-only", action="store_true", help="keywords experiment: evaluate exclusion only (no inclusion)")
     r.add_argument("--n-eval", type=positive_int, help="evaluation prompts per instruction")
     r.add_argument("--reference-model", help="model that scores perplexity (default: the unsteered model itself)")
     r.add_argument("--source-model", help="transfer: model the directions are computed on (another width needs --map or gets affine maps)")

@@ -9,11 +9,7 @@ import torch
 
 from ..errors import WorkbenchError
 from ..models import DEFAULT_MODEL
-from .sweep import default_layers
-
-# Selection rule: besides the paper's perplexity rule, steered validation responses may repeat at most this share
-# of their 3-grams (unsteered SmolLM2 responses: about 0.02-0.03). Measured in docs/reproduce.md ("Selection rule").
-DEFAULT_MAX_DEGENERATION = 0.25
+from .sweep import DEFAULT_MAX_DEGENERATION_GAIN, default_layers
 
 EXPERIMENTS: tuple[str, ...] = ("format", "length", "keywords", "composition", "transfer")
 LENGTH_ID = "length_constraints:number_sentences"
@@ -58,6 +54,7 @@ PRESETS["transfer"][False]["instructions"] = list(PRESETS["format"][False]["inst
 
 
 SEARCHES: tuple[str, ...] = ("full", "fast")
+RULES: tuple[str, ...] = ("workbench", "paper")
 
 
 @dataclass
@@ -77,6 +74,8 @@ class ReproduceConfig:
     instructions: list[str] | None = None
     targets: list[int] | None = None
     words: list[str] | None = None
+    include_only: bool = False  # keywords: evaluate inclusion only (--include-only)
+    exclude_only: bool = False  # keywords: evaluate exclusion only (--exclude-only)
     layers: list[int] | None = None
     layer_stride: int = 2
     strengths: list[float] | None = None
@@ -86,7 +85,9 @@ class ReproduceConfig:
     max_new_tokens: int | None = None
     batch_size: int | None = None
     max_ppl_ratio: float | None = 2.0
-    max_degeneration: float | None = DEFAULT_MAX_DEGENERATION
+    max_degeneration: float | None = None  # an absolute cap on steered degeneration (off by default)
+    max_degeneration_gain: float | None = DEFAULT_MAX_DEGENERATION_GAIN  # steered degeneration <= unsteered + this
+    rule: str = "workbench"  # workbench: the quality rule above and accuracy > unsteered; paper: perplexity only
     reference_model: str | None = None
     source_model: str | None = None
     map: str | None = None  # transfer: affine, orthogonal, identity or a map file (default: none for same shapes, else affine)
@@ -105,14 +106,18 @@ class ReproduceConfig:
         """A copy with every preset field filled in for a model with ``n_layers`` layers."""
         if self.experiment not in EXPERIMENTS:
             raise WorkbenchError(f"unknown experiment {self.experiment!r}; choose one of {', '.join(EXPERIMENTS)}")
+        if self.rule not in RULES:
+            raise WorkbenchError(f"unknown selection rule {self.rule!r}; choose one of {', '.join(RULES)}")
         if self.search not in SEARCHES:
             raise WorkbenchError(f"unknown search {self.search!r}; choose one of {', '.join(SEARCHES)}")
         for name in ("n_train", "n_val", "n_eval", "max_new_tokens", "batch_size", "threads", "workers", "max_batch", "search_keep"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise WorkbenchError(f"{name} must be a positive integer (or None for the preset), got {value!r}")
-        if self.max_degeneration is not None and not 0 <= self.max_degeneration <= 1:
-            raise WorkbenchError(f"max_degeneration is a share of repeated 3-grams in [0, 1] (or None), got {self.max_degeneration}")
+        for name in ("max_degeneration", "max_degeneration_gain"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise WorkbenchError(f"{name} is a share of repeated 3-grams in [0, 1] (or None), got {value}")
         preset = PRESETS[self.experiment][self.quick]
         filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
         if self.eval_data and self.n_eval is None:

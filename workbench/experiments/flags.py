@@ -55,6 +55,7 @@ def check_experiment_config(cfg: Any) -> None:
             raise WorkbenchError(f"--targets: a sentence target is a count >= 1, got {n!r}")
     if cfg.instructions and exp in EXPERIMENT_FIELDS["instructions"][1]:
         _check_instructions(cfg.instructions)
+    _check_models(cfg)
     from ..io import check_output_dir
 
     check_output_dir(cfg.out, "--out")
@@ -71,3 +72,20 @@ def _check_instructions(ids: list[str]) -> None:
     for _, iid, _ in format_target_names(ids):  # an unknown language suffix fails here
         if iid not in known:
             raise WorkbenchError(f"--instruction {iid!r} is not a built-in format instruction; choose one of {', '.join(sorted(known))}")
+
+
+def _check_models(cfg: Any) -> None:
+    """Model names resolve and ``--layers`` fit the model, read from the configs before any model loads."""
+    from ..directions import check_distinct_layers
+    from ..models.loading import layer_count
+
+    for name in (cfg.reference_model, getattr(cfg, "source_model", None)):
+        if name and name != cfg.model:
+            layer_count(name)  # an unknown name fails now, not after the main model's work
+    if cfg.layers is None or cfg.model == "all":
+        return
+    check_distinct_layers(cfg.layers)
+    n = layer_count(cfg.model)
+    bad = [layer for layer in cfg.layers if n is not None and not 0 <= layer < n]
+    if bad:
+        raise WorkbenchError(f"--layers: {bad[0]} is out of range (this model has layers 0..{n - 1})")

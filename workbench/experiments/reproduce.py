@@ -29,6 +29,7 @@ from ..io import write_json_atomic, write_text_atomic
 from ..models import load_model, model_info
 from ..version import __version__
 from .conditions import CONDITIONS, GenerationMemo
+from .coverage import Coverage, check_coverage, keyword_tasks
 from .config import (
     EXPERIMENTS,
     LENGTH_ID,
@@ -67,11 +68,43 @@ def _sel_meta(sel: dict[str, Any] | None, mode: str | None) -> dict[str, Any]:
     return {"layer": None if sel is None else sel["layer"], "strength": None if sel is None else sel["coeff"], "mode": mode}
 
 
-def _save_directions(run: Run, selection: dict[str, Any]) -> None:
-    """Each direction as safetensors, with the selection for it in ``extra['selection']``."""
+STEERED = tuple(c for c in CONDITIONS if c.endswith("_steered"))
+
+
+def _same_cell(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    return a is not None and b is not None and (a["layer"], a["coeff"]) == (b["layer"], b["coeff"])
+
+
+def _rule_label(sweep: SweepResult, name: str) -> str:
+    """Which rule chose ``name``'s steered rows: ``workbench``, or ``both`` when the paper's rule chose the same cell."""
+    return "both" if _same_cell(sweep.selection.get(name), sweep.paper_selection.get(name)) else "workbench"
+
+
+def _paper_specs(sweep: SweepResult, name: str, direction: Direction, mode: str, scale: float = 1.0,
+                 sign: float = 1.0) -> list | None:
+    """Steering at the paper rule's cell for ``name``, when it differs from the workbench rule's (else None)."""
+    paper = sweep.paper_selection.get(name)
+    if paper is None or _same_cell(sweep.selection.get(name), paper):
+        return None
+    return [steering_spec(direction, paper["layer"], sign * paper["coeff"], mode, scale)]
+
+
+def _paper_rows(run: Run, sweep: SweepResult, name: str, rows: PairDataset, specs: list | None, meta: dict[str, Any],
+                conditions: Sequence[str] = CONDITIONS) -> list[dict[str, Any]]:
+    """The steered conditions at the paper rule's cell (rows marked ``rule: paper``), so that every table shows
+    what the perplexity-only rule would have reported beside the workbench's rule; none when the two agree."""
+    if specs is None:
+        return []
+    paper = sweep.paper_selection[name]
+    cell = {**meta, "rule": "paper", "layer": paper["layer"], "strength": paper["coeff"]}
+    return run.conditions_table(rows, specs, cell, [c for c in conditions if c in STEERED])
+
+
+def _save_directions(run: Run, selection: dict[str, Any], paper_selection: dict[str, Any] | None = None) -> None:
+    """Each direction as safetensors, with its selection (and the paper rule's) in ``extra``."""
     for name, d in run.directions.items():
         sel = selection.get(name)
-        d2 = replace(d, extra={**d.extra, "selection": sel})
+        d2 = replace(d, extra={**d.extra, "selection": sel, "paper_selection": (paper_selection or {}).get(name)})
         d2.save(run.out_dir / "directions" / f"{_model_dir(name)}.safetensors")
     write_json_atomic(run.out_dir / "selection.json", selection)
 
@@ -103,13 +136,15 @@ def _format_targets(run: Run, ids: Sequence[str]) -> list[tuple[SweepTarget, str
     cfg = run.config
     targets = []
     for name, iid, kwargs in format_target_names(ids):
+        if not run.covers(name):  # the --eval-data file has no row for it (listed in the log and on the page)
+            continue
         train = run.builtin("format", iid, "train", cfg.n_train or 0, kwargs)
         val = run.builtin("format", iid, "validation", cfg.n_val or 0, kwargs)
         targets.append((SweepTarget(name, val, run.direction(name, train), cfg.mode or "project"), iid, kwargs))
     return targets
 
 
-FORMAT_COLUMNS = ["instruction_id", "condition", "n", "accuracy", "accuracy_p", "loose_accuracy", "perplexity",
+FORMAT_COLUMNS = ["instruction_id", "condition", "rule", "n", "accuracy", "accuracy_p", "loose_accuracy", "perplexity",
                   "degeneration", "layer", "strength", "mode"]
 
 
@@ -119,14 +154,18 @@ def exp_format(run: Run) -> dict[str, Any]:
     targets = _format_targets(run, cfg.instructions or [])
     evals = {t.name: run.eval_rows("format", iid, kwargs, name=t.name) for t, iid, kwargs in targets}  # bad data fails here
     sweep = run.sweep([t for t, _, _ in targets])
-    run.prefetch_conditions([(evals[t.name], _specs_for(run, t.direction, sweep.selection.get(t.name), t.mode)) for t, _, _ in targets])
+    paper = {t.name: _paper_specs(sweep, t.name, t.direction, t.mode) for t, _, _ in targets}
+    run.prefetch_conditions([(evals[t.name], _specs_for(run, t.direction, sweep.selection.get(t.name), t.mode)) for t, _, _ in targets]
+                            + [(evals[t.name], paper[t.name], STEERED) for t, _, _ in targets if paper[t.name]])
     table: list[dict[str, Any]] = []
     for t, iid, kwargs in targets:
         sel = sweep.selection.get(t.name)
         rows = evals[t.name]
         run.say(f"  {t.name}: conditions on {len(rows)} evaluation prompts ({len(rows.with_twin())} with an instruction-free twin)")
-        table += run.conditions_table(rows, _specs_for(run, t.direction, sel, t.mode), {"instruction_id": t.name, **_sel_meta(sel, t.mode)})
-    table += _pooled(table, ["condition"], {"instruction_id": "all"})
+        meta = {"instruction_id": t.name, "rule": _rule_label(sweep, t.name), **_sel_meta(sel, t.mode)}
+        table += run.conditions_table(rows, _specs_for(run, t.direction, sel, t.mode), meta)
+        table += _paper_rows(run, sweep, t.name, rows, paper[t.name], meta)
+    table += _pooled_by_rule(table, ["condition"], {"instruction_id": "all"})
     attach_p_values(table, ["instruction_id"])
     return {"table": table, "columns": _with_instruction_level(table, FORMAT_COLUMNS), "sweep": sweep, "selection": sweep.selection}
 
@@ -162,6 +201,16 @@ def _pooled(table: list[dict[str, Any]], by: Sequence[str], extra: dict[str, Any
     return out
 
 
+def _pooled_by_rule(table: list[dict[str, Any]], by: Sequence[str], extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """:func:`_pooled` rows: unsteered conditions once, steered ones under each rule (a ``both`` row counts for both)."""
+    unsteered = [r for r in table if r["condition"] not in STEERED]
+    out = _pooled(unsteered, by, extra)
+    for rule in ("workbench", "paper"):
+        out += _pooled([r for r in table if r["condition"] in STEERED and r.get("rule") in (rule, "both")], by, {**extra, "rule": rule})
+    order = {c: i for i, c in enumerate(CONDITIONS)}
+    return sorted(out, key=lambda r: (order.get(r["condition"], len(order)), r.get("rule") == "paper"))
+
+
 def _length_targets(run: Run, ns: Sequence[int]) -> tuple[Direction, list[SweepTarget]]:
     cfg = run.config
     per = max(1, math.ceil((cfg.n_train or 0) / len(ns)))
@@ -180,22 +229,29 @@ def exp_length(run: Run) -> dict[str, Any]:
     cfg = run.config
     ns = cfg.targets or [1, 3]
     direction, targets = _length_targets(run, ns)
+    ns = [n for n in ns if run.covers(f"length<={n}")]  # the direction and sweep use every target; tables what is covered
     evals = {n: run.eval_rows("length", LENGTH_ID, length_kwargs(n)) for n in ns}  # bad data fails before the sweep
     sweep = run.sweep(targets)
     sel = sweep.selection.get("length")
+    paper = {n: _paper_specs(sweep, "length", direction, "add", length_scale(n)) for n in ns}
+    run.prefetch_conditions([(evals[n], _specs_for(run, direction, sel, "add", length_scale(n))) for n in ns]
+                            + [(evals[n], paper[n], STEERED) for n in ns if paper[n]])
     table: list[dict[str, Any]] = []
     for n in ns:
         rows = evals[n]
         specs = _specs_for(run, direction, sel, "add", length_scale(n))
         run.say(f"  at most {n} sentence(s): four conditions on {len(rows)} evaluation prompts")
-        meta = {"target_n": n, **_sel_meta(sel, "add"), "scale": length_scale(n)}
+        meta = {"target_n": n, "rule": _rule_label(sweep, "length"), **_sel_meta(sel, "add"), "scale": length_scale(n)}
         part = run.conditions_table(rows, specs, meta)
+        part += _paper_rows(run, sweep, "length", rows, paper[n], meta)
         for r in part:  # mean sentence count of this condition's responses
-            texts = [g["response"] for g in run.generations if g.get("target_n") == n and g["condition"] == r["condition"]]
+            texts = [g["response"] for g in run.generations
+                     if g.get("target_n") == n and g["condition"] == r["condition"] and g.get("rule") == r.get("rule")]
             r["mean_sentences"] = sum(count_sentences(t) for t in texts) / len(texts)
         table += part
     dist = _length_distribution(run, direction, sel, ns)
-    return {"table": table, "columns": ["target_n", "condition", "n", "accuracy", "accuracy_p", "loose_accuracy", "mean_sentences",
+    attach_p_values(table, ["target_n"])
+    return {"table": table, "columns": ["target_n", "condition", "rule", "n", "accuracy", "accuracy_p", "loose_accuracy", "mean_sentences",
                                         "perplexity", "degeneration", "layer", "strength", "scale"],
             "sweep": sweep, "selection": sweep.selection, "extra_tables": {"length_distribution": (dist, DIST_COLUMNS)}}
 
@@ -237,31 +293,39 @@ def _length_distribution(run: Run, direction: Direction, sel: dict | None, ns: S
 def exp_keywords(run: Run) -> dict[str, Any]:
     """Inclusion (add the word's direction) and exclusion (subtract it, or ablate it), per word."""
     cfg = run.config
+    tasks = {w: [task for task in keyword_tasks(cfg) if run.covers(f"{task}:{w}")] for w in cfg.words or []}
+    words = [w for w in cfg.words or [] if tasks[w]]  # a word the --eval-data file has no row for gets no direction
     targets = []
-    for w in cfg.words or []:
+    for w in words:
         kw = {"keywords": [w]}
         train = run.builtin("keywords", "keywords:existence", "train", cfg.n_train or 0, kw)
         val = run.builtin("keywords", "keywords:existence", "validation", cfg.n_val or 0, kw)
         targets.append(SweepTarget(f"include:{w}", val, run.direction(f"include:{w}", train), "add"))
-    evals = {w: (run.eval_rows("keywords", "keywords:existence", {"keywords": [w]}),
-                 run.eval_rows("keywords", "keywords:forbidden_words", {"forbidden_words": [w]})) for w in cfg.words or []}
+    evals = {w: (run.eval_rows("keywords", "keywords:existence", {"keywords": [w]}) if "include" in tasks[w] else None,
+                 run.eval_rows("keywords", "keywords:forbidden_words", {"forbidden_words": [w]}) if "exclude" in tasks[w] else None)
+             for w in words}
     sweep = run.sweep(targets)
     table: list[dict[str, Any]] = []
-    for t, w in zip(targets, cfg.words or []):
+    for t, w in zip(targets, words):
         sel = sweep.selection.get(t.name)
         inc, exc = evals[w]
-        run.say(f"  {w}: inclusion and exclusion on {len(inc)} evaluation prompts each")
-        table += run.conditions_table(inc, _specs_for(run, t.direction, sel, "add"),
-                                      {"word": w, "task": "include", "steering": "add", **_sel_meta(sel, "add")})
-        for how in ("subtract", "ablate"):
+        run.say(f"  {w}: {' and '.join(tasks[w])} on {len(inc if inc is not None else exc)} evaluation prompts each")
+        rule = _rule_label(sweep, t.name)
+        if inc is not None:
+            meta = {"word": w, "task": "include", "steering": "add", "rule": rule, **_sel_meta(sel, "add")}
+            table += run.conditions_table(inc, _specs_for(run, t.direction, sel, "add"), meta)
+            table += _paper_rows(run, sweep, t.name, inc, _paper_specs(sweep, t.name, t.direction, "add"), meta)
+        for how in ("subtract", "ablate") if exc is not None else ():
+            mode = "add" if how == "subtract" else "ablate"
             specs = None
             if sel is not None:
-                specs = [steering_spec(t.direction, sel["layer"], -sel["coeff"], "add" if how == "subtract" else "ablate")]
-            conds = CONDITIONS if how == "subtract" else ("no_instruction_steered", "instruction_steered")
-            meta = {"word": w, "task": "exclude", "steering": how, **_sel_meta(sel, "add" if how == "subtract" else "ablate")}
+                specs = [steering_spec(t.direction, sel["layer"], -sel["coeff"], mode)]
+            conds = CONDITIONS if how == "subtract" else STEERED
+            meta = {"word": w, "task": "exclude", "steering": how, "rule": rule, **_sel_meta(sel, mode)}
             table += run.conditions_table(exc, specs, meta, conds)
+            table += _paper_rows(run, sweep, t.name, exc, _paper_specs(sweep, t.name, t.direction, mode, sign=-1.0), meta, conds)
     attach_p_values(table, ["word", "task"])
-    return {"table": table, "columns": ["word", "task", "steering", "condition", "n", "accuracy", "accuracy_p", "loose_accuracy",
+    return {"table": table, "columns": ["word", "task", "steering", "condition", "rule", "n", "accuracy", "accuracy_p", "loose_accuracy",
                                         "perplexity", "degeneration", "layer", "strength", "mode"], "sweep": sweep, "selection": sweep.selection}
 
 
@@ -428,9 +492,11 @@ def run_reproduce(config: ReproduceConfig, say: Callable[[str], None] = print, m
         from ..data import read_pairs_file
 
         eval_file = read_pairs_file(config.eval_data, config.fields, config.convention)
+    # what the evaluation file covers, before any model or direction: a file that covers nothing fails here
+    coverage = check_coverage(config, *((eval_file[0], eval_file[1].schema) if eval_file else (None, None)))
     threads_before = torch.get_num_threads()
     try:
-        return _run(config, say, model, eval_file)
+        return _run(config, say, model, eval_file, coverage)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -443,7 +509,8 @@ def _load() -> float | None:
         return None
 
 
-def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None, eval_file: tuple | None = None) -> Path:
+def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None, eval_file: tuple | None = None,
+         coverage: Coverage | None = None) -> Path:
     start, load_start = time.time(), _load()
     torch.set_num_threads(cpu_threads(config.threads, config.device))
     torch.manual_seed(config.seed)
@@ -464,14 +531,18 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None,
     run = Run(config=cfg, model=model, reference=reference, out_dir=out_dir, memo=memo, say=say)
     if eval_file is not None:
         run.use_eval_data(*eval_file)
+    run.coverage = coverage
+    for line in coverage.lines() if coverage else []:
+        say(f"  {line}")
     say(f"{cfg.experiment}: layers {cfg.layers}, strengths {cfg.strengths}, mode {cfg.mode}, "
         f"{cfg.n_train} train / {cfg.n_val} validation / {cfg.n_eval or 'all'} evaluation prompts, {cfg.max_new_tokens} new tokens")
     result = RUNNERS[cfg.experiment](run)
     sweep: SweepResult = result["sweep"]
-    _save_directions(run, result["selection"])
+    _save_directions(run, result["selection"], sweep.paper_selection)
     files = {"generations": str(write_jsonl(out_dir / "generations.jsonl", [{"experiment": cfg.experiment, **g} for g in run.generations]))}
     title = f"{cfg.experiment} on {model_info(model).name}{' (--quick)' if cfg.quick else ''}"
-    note = _table_note(cfg, sweep)
+    note = _table_note(cfg, sweep) + "".join(f" Not evaluated: {line.removeprefix('skipped ')}." for line in
+                                             (coverage.lines() if coverage else []))
     files["results"] = [str(p) for p in write_table(out_dir / "results", result["table"], result["columns"], title, note)]
     sweep_rows = [r for g in sorted({*sweep.baselines, *(x["instruction_id"] for x in sweep.records)})
                   for r in ([sweep.baselines[g]] if g in sweep.baselines else []) + [x for x in sweep.records if x["instruction_id"] == g]]
@@ -489,8 +560,10 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None,
     write_json_atomic(out_dir / "config.json", {
         "config": asdict(cfg), "model": {"name": model_info(model).name, "n_layers": int(model.cfg.n_layers),
                                          "d_model": int(model.cfg.d_model), "prompt_style": model_info(model).prompt_style},
-        "reference_model": model_info(reference).name, "selection": result["selection"], "notes": run.notes,
+        "reference_model": model_info(reference).name, "selection": result["selection"],
+        "paper_selection": sweep.paper_selection, "notes": run.notes,
         "eval_data": None if run.eval_report is None else run.eval_report.to_dict(),
+        "coverage": None if coverage is None else coverage.to_dict(),
         "generate_calls": memo.calls, "memo_seconds": {k: round(v, 1) for k, v in memo.seconds.items()}, "sweep": run.sweep_stats, "elapsed_s": round(elapsed, 1), "load_average": [load_start, _load()],
         "cpu_count": os.cpu_count(), "workbench_version": __version__,
         "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(), "files": files,
@@ -539,10 +612,22 @@ def _publish(cfg: ReproduceConfig, out_dir: Path, model_name: str, elapsed: floa
 
 
 def _table_note(cfg: ReproduceConfig, sweep: SweepResult) -> str:
-    sel = "; ".join(f"{g}: layer {s['layer']}, strength {s['coeff']:g}" if s else f"{g}: none passed the quality rule"
-                    for g, s in sweep.selection.items())
+    """What the table shows, and each selection in words with its validation accuracy and n (under both rules)."""
+    from .sweep import describe_rule, describe_selection, rule_settings
+
+    rule = describe_rule(cfg.max_ppl_ratio, None, **rule_settings(cfg.rule, cfg.max_degeneration, cfg.max_degeneration_gain))
+    paper_rule = describe_rule(cfg.max_ppl_ratio, None, None)
+    groups = dict.fromkeys([*sweep.selection, *sweep.paper_selection])
+    why = dict(n.split(": none selected: ", 1) for n in sweep.notes if ": none selected: " in n)
+    lines = []
+    for g in groups:
+        ours, paper = sweep.selection.get(g), sweep.paper_selection.get(g)
+        text = f"{g}: {describe_selection(ours)}" if ours else f"{g}: none selected ({why.get(g, 'no cell passed the rule')})"
+        text += "; the paper's rule: " + ("the same" if _same_cell(ours, paper) else describe_selection(paper))
+        lines.append(text)
+    sel = "; ".join(lines)
     return (f"Accuracy: IFEval strict (loose beside it) on {'--eval-data' if cfg.eval_data else 'test'} prompts; "
             f"perplexity of the responses under the unsteered model; degeneration: share of repeated 3-grams of words and punctuation. "
-            f"Selected on validation ({cfg.mode} mode, perplexity <= {cfg.max_ppl_ratio} x unsteered"
-            f"{'' if cfg.max_degeneration is None else f', degeneration <= {cfg.max_degeneration:g}'}): {sel or 'n/a'}. "
-            f"Seed {cfg.seed}, greedy decoding, {cfg.max_new_tokens} new tokens.")
+            f"Steering selected on validation prompts ({cfg.mode} mode) by the {cfg.rule} rule ({rule}); rows with rule 'paper' "
+            f"steer at the cell the paper's rule ({paper_rule}) selects where that differs, 'both' where the two rules agree. "
+            f"Selected: {sel or 'n/a'}. Seed {cfg.seed}, greedy decoding, {cfg.max_new_tokens} new tokens.")

@@ -10,27 +10,23 @@ import torch
 
 from ..activations import collect_activations
 from ..data import PairDataset, PairRow, load_pairs, read_pairs_file
-from ..data.files import LoadReport
+from ..data.builtin import rows_from_queries
+from ..data.files import QUERIES_SCHEMA, LoadReport
 from ..directions import Direction, direction_from_activations
 from ..evaluation.quality import degeneration, mean_perplexity
 from ..evaluation.stats import mcnemar_exact, rate_cell
 from ..errors import DatasetError
 from ..models import model_info
+from .coverage import Coverage, matches
 from .conditions import CONDITIONS, GenerationMemo, condition_requests, run_conditions
 from .config import ReproduceConfig
 from .hygiene import check_split_hygiene
 from .executors import make_executor, sweep_stats
-from .sweep import SweepResult, SweepSettings, SweepTarget, run_sweep
+from .sweep import SweepResult, SweepSettings, SweepTarget, rule_settings, run_sweep
 from .units import check_rows, prompt_passes
 
 # A steered condition and the unsteered condition on the same prompts (its McNemar twin).
 TWINS = {"no_instruction_steered": "no_instruction", "instruction_steered": "instruction"}
-
-
-def matches(row: PairRow, iid: str, kwargs: dict | None) -> bool:
-    """Whether ``row`` checks ``iid`` with (a superset of) ``kwargs`` among its instructions."""
-    return any(i == iid and (not kwargs or all(kw.get(k) == v for k, v in kwargs.items()))
-               for i, kw in zip(row.eval_instruction_ids, row.eval_kwargs))
 
 
 def rate_columns(strict: Sequence[bool], loose: Sequence[bool], inst_strict: Sequence[bool],
@@ -82,9 +78,14 @@ class Run:
     sweep_stats: dict[str, Any] = field(default_factory=dict)
     per_instruction: list[dict[str, Any]] = field(default_factory=list)
     eval_report: LoadReport | None = None
+    coverage: Coverage | None = None  # the evaluation sets an --eval-data file covers (None: every set)
     _eval_data: tuple[tuple, PairDataset] | None = None
 
     # --- data ----------------------------------------------------------------------------
+    def covers(self, name: str) -> bool:
+        """Whether the run evaluates the set ``name`` (an ``--eval-data`` file may cover only some)."""
+        return self.coverage is None or name in self.coverage
+
     def builtin(self, family: str, iid: str | None, split: str, n: int, kwargs: dict | None = None) -> PairDataset:
         rows = load_pairs(family, iid, split=split, kwargs=kwargs).head(n)
         if split != "test":
@@ -111,8 +112,13 @@ class Run:
         External rows keep every instruction they check (prompt-level accuracy needs all of them).
         """
         cfg = self.config
-        if cfg.eval_data:
-            picked = [r for r in self.eval_data() if matches(r, iid, kwargs)]
+        data = self.eval_data() if cfg.eval_data else None
+        if data is not None and self.eval_report is not None and self.eval_report.schema == QUERIES_SCHEMA:
+            rows = rows_from_queries(data, iid, kwargs or {})  # phrased as the built-in rows are
+            if cfg.n_eval:
+                rows = rows.head(cfg.n_eval)
+        elif data is not None:
+            picked = [r for r in data if matches(r, iid, kwargs)]
             rows = PairDataset(picked, name=f"{cfg.eval_data}[{name or iid}]")
             if cfg.n_eval:
                 rows = rows.head(cfg.n_eval)
@@ -149,8 +155,8 @@ class Run:
         cfg = self.config
         settings = SweepSettings(
             layers=cfg.layers or [], strengths=cfg.strengths or [1.0], max_new_tokens=cfg.max_new_tokens or 48,
-            batch_size=cfg.batch_size, unit_size=cfg.batch_size, max_ppl_ratio=cfg.max_ppl_ratio,
-            max_degeneration=cfg.max_degeneration, seed=cfg.seed, max_batch=cfg.max_batch, pack=cfg.pack,
+            batch_size=cfg.batch_size, unit_size=cfg.batch_size, max_ppl_ratio=cfg.max_ppl_ratio, **rule_settings(cfg.rule, cfg.max_degeneration, cfg.max_degeneration_gain),
+            seed=cfg.seed, max_batch=cfg.max_batch, pack=cfg.pack,
             search=cfg.search, search_keep=cfg.search_keep,
         )
         executor = make_executor(cfg.executor, address=cfg.address, workers=cfg.workers, model=cfg.model,
@@ -194,10 +200,11 @@ class Run:
                 "perplexity": mean_perplexity(ppl), "degeneration": sum(deg) / len(deg), "_ppl": list(ppl), "_deg": deg,
                 "_keys": [r.base_id for r in rows], "_checks": checks}
 
-    def prefetch_conditions(self, items: Sequence[tuple[PairDataset, list | None]], conditions: Sequence[str] = CONDITIONS) -> None:
-        """Decode the conditions of several ``(rows, specs)`` at once, in packed batches; the tables then read the memo."""
-        requests = [r for rows, specs in items
-                    for r in condition_requests(rows, specs, conditions, no_instruction_rows=rows.with_twin())]
+    def prefetch_conditions(self, items: Sequence[tuple], conditions: Sequence[str] = CONDITIONS) -> None:
+        """Decode the conditions of several ``(rows, specs)`` (or ``(rows, specs, conditions)``) at once, in packed
+        batches; the tables then read the memo."""
+        requests = [r for rows, specs, *own in items
+                    for r in condition_requests(rows, specs, own[0] if own else conditions, no_instruction_rows=rows.with_twin())]
         self.memo.generate_many(requests, self.config.max_new_tokens)
 
     def conditions_table(self, rows: PairDataset, specs: list | None, meta: dict[str, Any],
@@ -214,7 +221,7 @@ class Run:
             prompts = used.prompts() if cond.startswith("instruction") else used.prompts_without_instruction()
             cell_meta = {**meta, "condition": cond}
             if not cond.endswith("_steered"):  # layer, strength and mode describe the steered conditions only
-                cell_meta.update({k: None for k in ("layer", "strength", "mode", "scale") if k in meta})
+                cell_meta.update({k: None for k in ("layer", "strength", "mode", "scale", "rule") if k in meta})
                 if "steering" in meta:
                     cell_meta["steering"] = "none"
             table.append(self.score(used, prompts, texts, cell_meta))

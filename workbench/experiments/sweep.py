@@ -32,12 +32,19 @@ from .store import UnitStore
 from .units import Unit, score_rows
 
 __all__ = [
-    "HEATMAP_KEYS", "SweepResult", "SweepSettings", "SweepTarget", "Unit", "default_layers", "heatmap_records", "plan_units",
-    "run_sweep", "score_rows", "select", "steering_spec", "summarize", "unit_key",
+    "DEFAULT_MAX_DEGENERATION_GAIN", "HEATMAP_KEYS", "SweepResult", "SweepSettings", "SweepTarget", "Unit", "default_layers",
+    "degeneration_limit", "describe_selection", "heatmap_records", "plan_units", "rule_settings", "run_sweep", "score_rows",
+    "select", "steering_spec", "summarize", "unit_key",
 ]
 
 HEATMAP_KEYS = ("instruction_id", "layer", "coeff", "accuracy", "perplexity")
 SCORING_VERSION = 2  # bump when checks or quality scores change, so stored units are not reused
+
+# Selection rule (docs/reproduce.md, "Why a relative repetition limit"): steered validation responses may repeat at
+# most this much more of their 3-grams than the unsteered responses of the same condition and length. Measured on
+# SmolLM2-135M: unsteered responses repeat 0.02 of their 3-grams at 48 new tokens and 0.19 at 128, so a fixed cap
+# that fits one length rejects the paper's settings at the other.
+DEFAULT_MAX_DEGENERATION_GAIN = 0.25
 
 
 def default_layers(n_layers: int, stride: int = 2, start: int | None = None) -> list[int]:
@@ -91,7 +98,9 @@ class SweepSettings:
     unit_size: int = 20
     max_ppl_ratio: float | None = 2.0
     max_perplexity: float | None = None
-    max_degeneration: float | None = None
+    max_degeneration: float | None = None  # an absolute cap on mean degeneration (off by default)
+    max_degeneration_gain: float | None = DEFAULT_MAX_DEGENERATION_GAIN  # mean degeneration <= unsteered + this (None: off)
+    beat_unsteered: bool = True  # select only cells more accurate than no steering (False: the paper's rule)
     seed: int = 0
     max_batch: int | None = None  # rows per packed decode batch (None: chosen from the device, conditions.pack_size)
     pack: bool = True  # False: one unit at a time, each in its own decode batches (the pre-packing path)
@@ -128,6 +137,7 @@ class SweepResult:
     notes: list[str] = field(default_factory=list)
     search: list[dict[str, Any]] = field(default_factory=list)  # search="fast": every cell's score and whether it was decoded
     stats: dict[str, Any] = field(default_factory=dict)  # executor, workers, per-unit worker and driver seconds
+    paper_selection: dict[str, dict[str, Any] | None] = field(default_factory=dict)  # the paper's perplexity-only rule
 
 
 def _fingerprint(model: Any, target: SweepTarget, settings: SweepSettings, reference: Any) -> str:
@@ -282,8 +292,36 @@ def summarize(unit_records: Sequence[dict[str, Any] | None], settings: SweepSett
             baselines[group] = {"instruction_id": group, **agg}
         else:
             records.append({"instruction_id": group, "layer": layer, "coeff": coeff, "mode": recs[0]["mode"], **agg})
-    selection, notes = select(records, baselines, settings.max_ppl_ratio, settings.max_perplexity, settings.max_degeneration)
-    return SweepResult(records=records, baselines=baselines, selection=selection, notes=notes)
+    selection, notes = select(records, baselines, settings.max_ppl_ratio, settings.max_perplexity, settings.max_degeneration,
+                              settings.max_degeneration_gain, settings.beat_unsteered)
+    paper, _ = select(records, baselines, settings.max_ppl_ratio, settings.max_perplexity, None, None, beat_unsteered=False)
+    return SweepResult(records=records, baselines=baselines, selection=selection, notes=notes, paper_selection=paper)
+
+
+def degeneration_limit(unsteered: float, gain: float) -> float:
+    """The most repetition a steered cell may show: the unsteered responses' mean degeneration + ``gain``
+    (SmolLM2-135M, gain 0.25: 0.02 -> 0.27 at 48 new tokens, 0.19 -> 0.44 at 128)."""
+    return unsteered + gain
+
+
+def rule_settings(rule: str, max_degeneration: float | None = None,
+                  max_degeneration_gain: float | None = DEFAULT_MAX_DEGENERATION_GAIN) -> dict[str, Any]:
+    """:class:`SweepSettings` fields of a named selection rule: ``workbench`` (the repetition limits given, and
+    accuracy above no steering) or ``paper`` (the perplexity rule alone)."""
+    if rule == "paper":
+        return {"max_degeneration": None, "max_degeneration_gain": None, "beat_unsteered": False}
+    if rule != "workbench":
+        raise WorkbenchError(f"unknown selection rule {rule!r}; choose workbench or paper")
+    return {"max_degeneration": max_degeneration, "max_degeneration_gain": max_degeneration_gain, "beat_unsteered": True}
+
+
+def _pick(cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The most accurate cell; ties: lower perplexity, then the earlier layer, then the smaller strength."""
+    return min(cells, key=lambda r: (-r["accuracy"], r["perplexity"], r["layer"], r["coeff"]))
+
+
+def _cell(r: dict[str, Any]) -> str:
+    return f"layer {r['layer']}, strength {r['coeff']:g}"
 
 
 def select(
@@ -292,54 +330,93 @@ def select(
     max_ppl_ratio: float | None = 2.0,
     max_perplexity: float | None = None,
     max_degeneration: float | None = None,
+    max_degeneration_gain: float | None = DEFAULT_MAX_DEGENERATION_GAIN,
+    beat_unsteered: bool = True,
 ) -> tuple[dict[str, dict[str, Any] | None], list[str]]:
-    """Per group, the most accurate (layer, strength) whose perplexity passes the quality rule.
+    """Per group, the most accurate (layer, strength) that passes the quality rule and beats no steering.
 
-    Rule: perplexity <= ``max_ppl_ratio`` x the unsteered perplexity and <= ``max_perplexity``,
-    and mean degeneration <= ``max_degeneration`` (each when not None; the last is off by default,
-    as in the paper). Ties: lower perplexity, then earlier layer, then smaller strength.
+    Rule: perplexity <= ``max_ppl_ratio`` x the unsteered perplexity and <= ``max_perplexity``; mean
+    degeneration <= :func:`degeneration_limit` of the unsteered responses' and <= ``max_degeneration``
+    (each when not None); with ``beat_unsteered``, validation accuracy above the unsteered validation
+    accuracy (a cell that adds nothing is never reported as a selection). Ties: lower perplexity, then
+    earlier layer, then smaller strength. The paper's rule is ``max_degeneration_gain=None, beat_unsteered=False``.
+
+    >>> sel, notes = select(records, baselines)   # records and baselines from summarize()
     """
     selection: dict[str, dict[str, Any] | None] = {}
     notes: list[str] = []
+    rule = describe_rule(max_ppl_ratio, max_perplexity, max_degeneration, max_degeneration_gain, beat_unsteered)
     for group in sorted({r["instruction_id"] for r in records}):
-        base_ppl = baselines.get(group, {}).get("perplexity", math.nan)
+        base = baselines.get(group, {})
+        base_ppl, base_deg = base.get("perplexity", math.nan), base.get("degeneration", math.nan)
+        base_acc = base.get("accuracy", math.nan)
         limit = math.inf
         if max_ppl_ratio is not None and math.isfinite(base_ppl):
             limit = min(limit, max_ppl_ratio * base_ppl)
         if max_perplexity is not None:
             limit = min(limit, max_perplexity)
-        ok = [r for r in records if r["instruction_id"] == group and math.isfinite(r["perplexity"]) and r["perplexity"] <= limit
-              and (max_degeneration is None or r["degeneration"] <= max_degeneration)]
+        deg_limit = math.inf
+        if max_degeneration is not None:
+            deg_limit = min(deg_limit, max_degeneration)
+        if max_degeneration_gain is not None and math.isfinite(base_deg):
+            deg_limit = min(deg_limit, degeneration_limit(base_deg, max_degeneration_gain))
+        cells = [r for r in records if r["instruction_id"] == group and math.isfinite(r["perplexity"])]
+        quality = [r for r in cells if r["perplexity"] <= limit and r.get("degeneration", 0.0) <= deg_limit]
+        ok = [r for r in quality if not beat_unsteered or not math.isfinite(base_acc) or r["accuracy"] > base_acc]
         if not ok:
             selection[group] = None
-            rule = f"perplexity <= {limit:.3g}" + ("" if max_degeneration is None else f", degeneration <= {max_degeneration:g}")
-            notes.append(f"{group}: no layer passed the quality rule ({rule})")
+            if not quality:
+                why = f"no cell passed the quality rule (perplexity <= {limit:.3g}, degeneration <= {deg_limit:.3g})"
+            else:
+                best = _pick(quality)
+                why = (f"no cell that passed the quality rule beat the unsteered validation accuracy "
+                       f"({base_acc:.0%} of {base.get('n', '?')}; best: {_cell(best)} at {best['accuracy']:.0%})")
+            notes.append(f"{group}: none selected: {why}")
             continue
-        best = min(ok, key=lambda r: (-r["accuracy"], r["perplexity"], r["layer"], r["coeff"]))
-        rule = describe_rule(max_ppl_ratio, max_perplexity, max_degeneration)
-        unfiltered = min((r for r in records if r["instruction_id"] == group and math.isfinite(r["perplexity"])),
-                         key=lambda r: (-r["accuracy"], r["perplexity"], r["layer"], r["coeff"]))
+        best = _pick(ok)
+        unfiltered = _pick(cells)
         selection[group] = {
             "layer": best["layer"], "coeff": best["coeff"], "mode": best["mode"], "accuracy": best["accuracy"],
-            "perplexity": best["perplexity"], "baseline_accuracy": baselines.get(group, {}).get("accuracy"),
-            "baseline_perplexity": base_ppl, "perplexity_limit": limit, "degeneration": best.get("degeneration"),
-            "rule": rule, "excluded_by_rule": [f"layer {r['layer']}, strength {r['coeff']:g}" for r in records
-                                               if r["instruction_id"] == group and r not in ok],
+            "n": best.get("n"), "perplexity": best["perplexity"], "baseline_accuracy": base.get("accuracy"),
+            "baseline_n": base.get("n"), "baseline_perplexity": base_ppl, "baseline_degeneration": base_deg,
+            "perplexity_limit": limit if math.isfinite(limit) else None,
+            "degeneration_limit": deg_limit if math.isfinite(deg_limit) else None, "degeneration": best.get("degeneration"),
+            "rule": rule, "excluded_by_rule": [_cell(r) for r in cells if r not in ok],
             "most_accurate_without_rule": {"layer": unfiltered["layer"], "coeff": unfiltered["coeff"],
                                            "accuracy": unfiltered["accuracy"], "degeneration": unfiltered.get("degeneration")},
         }
     return selection, notes
 
 
-def describe_rule(max_ppl_ratio: float | None, max_perplexity: float | None, max_degeneration: float | None) -> str:
+def describe_selection(sel: dict[str, Any] | None) -> str:
+    """A selected cell in words with its validation accuracy and n, e.g. ``layer 26, strength 0.5 (validation 7/10, unsteered 0/10)``."""
+    if sel is None:
+        return "none"
+    text = _cell(sel)
+    n, base_n = sel.get("n"), sel.get("baseline_n")
+    if n:
+        text += f" (validation {round(sel['accuracy'] * n)}/{n}"
+        base = sel.get("baseline_accuracy")
+        if base_n and base is not None and math.isfinite(base):
+            text += f", unsteered {round(base * base_n)}/{base_n}"
+        text += ")"
+    return text
+
+
+def describe_rule(max_ppl_ratio: float | None, max_perplexity: float | None, max_degeneration: float | None,
+                  max_degeneration_gain: float | None = None, beat_unsteered: bool = False) -> str:
     """The selection rule in words, as recorded beside each selection."""
     parts = []
     if max_ppl_ratio is not None:
         parts.append(f"perplexity <= {max_ppl_ratio:g} x unsteered")
     if max_perplexity is not None:
         parts.append(f"perplexity <= {max_perplexity:g}")
+    if max_degeneration_gain is not None:
+        parts.append(f"degeneration <= unsteered + {max_degeneration_gain:g}")
     if max_degeneration is not None:
         parts.append(f"degeneration <= {max_degeneration:g}")
+    if beat_unsteered:
+        parts.append("accuracy > unsteered")
     return ", ".join(parts) or "none (most accurate)"
 
 
