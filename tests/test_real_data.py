@@ -309,13 +309,22 @@ def test_direction_records_the_instruction_arguments_it_was_learned_from(tiny, t
     (["--eval-data", "NEITHER"], "no known schema"),
     (["--eval-data", "NEITHER", "--fields", "prompt=question"], "which line 1 lacks"),
     (["--fields", "prompt=question"], "--fields maps the fields of an --eval-data file"),
+    (["--word", "ocean", "--include-only", "--exclude-only"], "--include-only and --exclude-only exclude each other"),
+    (["--word", "ocean", "--eval-data", "BLANK", "--fields", "query=text"], "no usable query"),
+    (["--eval-data", "QUERIES", "--fields", "query=text"], "holds base queries only"),
+    (["--word", "ocean", "--eval-data", "QUERIES", "--fields", "query=question"], "which line 1 lacks"),
+    (["--instruction", "language:response_language_xx"], "no built-in phrasing for language 'xx'"),
+    (["--include-only"], "--include-only is for the keywords experiment"),
 ])
 def test_reproduce_cli_bad_data_is_one_line(tmp_path, capsys, args, message):
     from workbench.cli import main
 
     (tmp_path / "empty.txt").write_text("\n \n", encoding="utf-8")
     write_jsonl(tmp_path / "neither.jsonl", [{"text": "hello", "label": 1}])
-    args = [{"EMPTY": str(tmp_path / "empty.txt"), "NEITHER": str(tmp_path / "neither.jsonl")}.get(a, a) for a in args]
+    write_jsonl(tmp_path / "blank.jsonl", [{"text": " "}, {"text": ""}])
+    write_jsonl(tmp_path / "queries.jsonl", [{"text": "Describe a harbour at dawn."}])
+    files = {"EMPTY": "empty.txt", "NEITHER": "neither.jsonl", "BLANK": "blank.jsonl", "QUERIES": "queries.jsonl"}
+    args = [str(tmp_path / files[a]) if a in files else a for a in args]
     experiment = "keywords" if "--word" in args or "--words-file" in args else "format"
     assert main(["reproduce", experiment, "--model", "tiny-random-llama", "--out", str(tmp_path / "out"), *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
