@@ -131,6 +131,11 @@ CLI_CASES = [
      "runs backwards"),
     ("sweep-layers-huge-range", ["sweep", "--instruction", TITLE, "--layers", "0-99999999999", "--out", "{root}/lh", *TINY], "out of range"),
     ("reproduce-layers-huge-range", ["reproduce", "format", "--quick", "--layers", "0-99999999999", "--out", "{root}/rl", *TINY], "out of range"),
+    ("reproduce-layers-past-model", ["reproduce", "format", "--quick", "--layers", "1,9", "--out", "{root}/rl", *TINY],
+     "this model has layers 0..3"),
+    ("reproduce-layers-repeated", ["reproduce", "format", "--quick", "--layers", "1,1", "--out", "{root}/rl", *TINY], "more than once"),
+    ("reproduce-unknown-reference", ["reproduce", "format", "--quick", "--reference-model", "tiny-random-lama", "--out", "{root}/rl", *TINY],
+     "did you mean"),
     ("generate-invalid-utf8", ["generate", "--prompt", "caf\udce9 \udcff\udcfe", *TINY], "not valid UTF-8 (byte 0xe9"),
     ("reproduce-word-invalid-utf8", ["reproduce", "keywords", "--quick", "--word", "oc\udce9an", *TINY], "not valid UTF-8"),
     ("generate-seed-huge", ["generate", "--prompt", "hi", "--sample", "--seed", "99999999999999999999999", *TINY], "64-bit seed"),
@@ -141,6 +146,9 @@ CLI_CASES = [
     ("analyze-out-is-file", ["analyze", "attribution", "--no-images", "--out", "{file}", *TINY], "is a file"),
     ("analyze-unknown-instruction", ["analyze", "attribution", "--no-images", "--instruction", "no:such", "--out", "{root}/an", *TINY],
      "unknown built-in instruction"),
+    ("analyze-layer-past-model", ["analyze", "attribution", "--no-images", "--layer", "7", "--out", "{root}/an", *TINY],
+     "this model has layers 0..3"),
+    ("analyze-response-tokens-neg", ["analyze", "attention", "--no-images", "--response-tokens=-2", "--out", "{root}/an", *TINY], ">= 0"),
     ("figures-out-is-file", ["figures", "--quick", "--no-images", "--out", "{file}", *TINY], "is a file"),
     ("figures-out-under-file", ["figures", "--quick", "--no-images", "--out", "{file}/figs", *TINY], "which is a file"),
     ("steer-d_model-infinity", ["generate", "--prompt", "x", "--steer", "{d_model_inf}", "--layer", "1", *TINY], "Infinity, not a finite number"),
@@ -182,6 +190,11 @@ CLI_CASES = [
     ("bench-sweep-out-under-file", ["bench-sweep", *TINY[:2], "--out", "{file}/b.json"], "is a file"),
     ("bench-sweep-unknown-instruction", ["bench-sweep", *TINY[:2], "--instruction", "no:such", "--out", ""], "unknown built-in instruction"),
     ("demo-out-is-file", ["demo", *TINY[:2], "--out", "{file}"], "is a file"),
+    ("import-out-under-file", ["directions", "import", "{good_dir}", "--model", "tiny-random-llama", "--out", "{file}/d.safetensors"],
+     "is a file"),
+    ("export-out-is-dir", ["directions", "export", "{good_dir}", "--out", "{dir}"], "is a directory"),
+    ("export-coeff-nan", ["directions", "export", "{good_dir}", "--coeff", "nan", "--out", "{root}/e.gguf"], "finite number"),
+    ("crosscheck-out-under-file", ["interop", "ifeval-crosscheck", "{same_pairs}", "--out", "{file}/t.md"], "is a file"),
     ("sweep-unknown-model", ["sweep", "--instruction", TITLE, "--model", "tiny-random-lama", "--device", "cpu", "--out", "{root}/um"],
      "did you mean"),
     ("figures-unknown-model", ["figures", "--quick", "--no-images", "--model", "tiny-random-lama", "--out", "{root}/fu"], "did you mean"),
@@ -190,8 +203,31 @@ CLI_CASES = [
 ]
 
 
-@pytest.mark.parametrize("argv,fragment", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
-def test_cli_bad_input_is_one_line(files, capsys, argv, fragment):
+# Cases refused before any model loads: run with load_model replaced by a function that fails the test.
+BEFORE_LOAD = {c[0] for c in CLI_CASES[[c[0] for c in CLI_CASES].index("compute-layers-huge-range"):]} - {
+    "generate-coeff-squares-overflow", "generate-target-overflows", "figures-unknown-model", "sweep-record-lacks-fields",
+    "reproduce-out-is-file"}
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Make every ``load_model`` of the workbench fail the test (the refusal must come before it)."""
+    import workbench.models.loading as loading
+
+    original = loading.load_model
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    for name, module in list(sys.modules.items()):
+        if name.startswith("workbench") and getattr(module, "load_model", None) is original:
+            monkeypatch.setattr(module, "load_model", loaded)
+
+
+@pytest.mark.parametrize("case,argv,fragment", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input_is_one_line(files, capsys, request, case, argv, fragment):
+    if case in BEFORE_LOAD:
+        request.getfixturevalue("no_model_load")
     argv = [a.format(**{k: str(v) for k, v in files.items()}) if isinstance(a, str) else a for a in argv]
     out = Path(argv[argv.index("--out") + 1]) if "--out" in argv and argv[argv.index("--out") + 1] else None
     out_existed = out is not None and os.path.lexists(out)

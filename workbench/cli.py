@@ -204,11 +204,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     for direction, layer, _, _ in plan:
         if layer is None:
             raise WorkbenchError(f"--steer {direction.name}: give --layer (the direction covers layers {direction.layers[0]}..{direction.layers[-1]})")
+    specs = [make_spec(direction, layer, coeff, args.mode, args.positions, target)  # a bad strength fails before the load
+             for direction, layer, coeff, target in plan]
     model = _load(args)
-    specs = []
-    for direction, layer, coeff, target in plan:
+    for direction, _, _, _ in plan:
         direction.check_compatible(model)
-        specs.append(make_spec(direction, layer, coeff, args.mode, args.positions, target))
     ctx = steer(model, *specs) if specs else contextlib.nullcontext()
     with ctx:
         texts = generate(

@@ -38,6 +38,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     family_of(args.instruction)  # an unknown id fails before the model loads
     layers = layers_arg(args.layers, args.model)
+    if args.layer is not None:
+        layers_arg(str(args.layer), args.model, "--layer")  # in range of the model's layers (a negative one fails to parse)
+    if args.response_tokens < 0:
+        raise WorkbenchError(f"--response-tokens must be >= 0, got {args.response_tokens}")
     model = load_model(args.model, device=args.device)
     _, fig, record = run_analysis(
         args.analysis, model, args.instruction, layer=args.layer, layers=layers, sizes=sizes,

@@ -113,16 +113,19 @@ def register(dsub: Any) -> None:
     e.add_argument("file", help="workbench direction file (.safetensors)")
     e.add_argument("--format", default="gguf", choices=("gguf", "lm-eval"),
                    help="gguf: llama.cpp control vector (default); lm-eval: steer_path .pt of lm-eval's steered model")
-    e.add_argument("--out", required=True, help="output file, e.g. title.gguf or title.pt")
+    from ..arguments import finite_float
+    from ..cli import device_arg, output_file
+
+    e.add_argument("--out", type=output_file, required=True, help="output file, e.g. title.gguf or title.pt")
     e.add_argument("--layers", "--layer", dest="layers",
                    help="layers to write, e.g. 10,12,20-24 (gguf default: every layer llama.cpp can steer; "
                    "lm-eval: required unless the direction has one layer)")
-    e.add_argument("--coeff", type=float, default=1.0, help="strength folded into the vectors (default 1.0)")
+    e.add_argument("--coeff", type=finite_float, default=1.0, help="strength folded into the vectors (default 1.0)")
     e.add_argument("--raw", action="store_true", help="write the raw mean differences (times --coeff), not unit vectors")
     e.add_argument("--model-hint", default=None, help="llama.cpp architecture name stored in the file (default llama)")
     e.add_argument("--mode", default=None, choices=("add", "project", "ablate"),
                    help="lm-eval: add (action add), project (action clamp to --target) or ablate (clamp to 0)")
-    e.add_argument("--target", type=float, default=None,
+    e.add_argument("--target", type=finite_float, default=None,
                    help="lm-eval project mode: projection to clamp to (default: the direction's proj_with)")
     e.add_argument("--model", default=None, help="lm-eval: derive hookpoint names from this model and check the direction fits it")
     e.add_argument("--model-type", default=None,
@@ -133,9 +136,9 @@ def register(dsub: Any) -> None:
     i.add_argument("file", help="vector file; the format is detected from its content")
     i.add_argument("--format", default="auto", choices=("auto", "lm-eval"),
                    help="auto: detect from content (default); lm-eval: insist on an lm-eval steer file")
-    i.add_argument("--out", required=True, help="output workbench direction file (.safetensors)")
+    i.add_argument("--out", type=output_file, required=True, help="output workbench direction file (.safetensors)")
     i.add_argument("--model", default=None, help="check d_model and layers against this model and record its name")
-    i.add_argument("--device", default=None, help="device for --model (default cpu)")
+    i.add_argument("--device", type=device_arg, default=None, help="device for --model (default cpu)")
     i.add_argument("--name", default=None, help="direction name (default: from the file)")
     i.add_argument("--layers", default=None, help="layers of the rows of a plain tensor file, e.g. 20-24")
     i.set_defaults(func=cmd_directions_import)
@@ -166,6 +169,8 @@ def register_top(sub: Any) -> None:
     isub = p.add_subparsers(dest="interop_command", required=True)
     c = isub.add_parser("ifeval-crosscheck", help="score a reproduce run's generations.jsonl with ours and lm-eval's IFEval checkers")
     c.add_argument("file", help="generations.jsonl of a reproduce run")
-    c.add_argument("--out", default=None, help="also write the Markdown table here")
+    from ..cli import optional_output_file
+
+    c.add_argument("--out", type=optional_output_file, default=None, help="also write the Markdown table here")
     c.add_argument("--show", type=int, default=10, help="disagreeing responses to print (default 10)")
     c.set_defaults(func=cmd_interop_ifeval_crosscheck)
