@@ -528,6 +528,10 @@ def test_json_written_is_strict(tmp_path):
     assert load_tensors(tmp_path / "d.safetensors", "direction")[1]["coeff"] is None
     UnitStore(tmp_path / "u.jsonl").append({"key": "k", "perplexity": float("nan")})
     assert _strict_json((tmp_path / "u.jsonl").read_text()) == {"key": "k", "perplexity": None}
+    row = wb.PairRow(prompt="a", prompt_without_instruction="b", instruction_id=TITLE, kwargs={"v": float("nan")}, base_id="q",
+                     eval_instruction_ids=(TITLE,), eval_kwargs=({"v": float("inf")},), split="train")
+    wb.PairDataset([row]).to_jsonl(tmp_path / "p.jsonl")
+    assert _strict_json((tmp_path / "p.jsonl").read_text())["kwargs"] == [{"v": None}]
 
 
 def test_names_from_user_text_are_bounded():

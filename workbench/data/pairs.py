@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, overload
 
 from ..errors import DatasetError
-from ..io import write_text_atomic
+from ..io import strict_dumps, write_text_atomic
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 EXTERNAL_SPLIT = "external"
@@ -186,5 +186,5 @@ class PairDataset(Sequence[PairRow]):
 
     def to_jsonl(self, path: str | os.PathLike[str]) -> None:
         """Write the rows in the paired JSONL schema, atomically."""
-        lines = [json.dumps(r.to_paired_record(), ensure_ascii=False) for r in self._rows]
+        lines = [strict_dumps(r.to_paired_record(), ensure_ascii=False) for r in self._rows]  # no NaN in a kwargs value
         write_text_atomic(path, "".join(line + "\n" for line in lines))
