@@ -20,7 +20,7 @@ from .data import (
     load_pairs,
     load_pairs_file,
 )
-from .directions import Direction, LayerDirection, compute_direction, compute_directions
+from .directions import Direction, LayerDirection, compute_direction, compute_directions, compute_directions_by_method
 from .errors import (
     DatasetError,
     LayerError,
@@ -40,7 +40,7 @@ __all__ = [
     "BUILTIN_MODELS", "DEFAULT_MODEL", "FAMILIES", "DatasetError", "Direction", "LayerDirection",
     "LayerError", "LayerMatch", "ModelNotFoundError", "PairDataset", "PairRow", "PromptFormatter", "ResidualMap", "ShapeError",
     "SteeringError", "SteeringSpec", "VectorFileError", "WorkbenchError", "__version__",
-    "collect_activations", "compute_direction", "compute_directions", "fit_map", "generate", "list_instructions",
+    "collect_activations", "compute_direction", "compute_directions", "compute_directions_by_method", "fit_map", "generate", "list_instructions",
     "load_activations", "load_ifeval_jsonl", "load_maps", "load_model", "load_paired_jsonl", "load_pairs",
     "load_pairs_file", "match_layers", "model_info", "save_activations", "save_maps", "steer", "transfer_direction",
 ]

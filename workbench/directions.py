@@ -282,15 +282,21 @@ def direction_from_activations(
     hook: str = "resid_post",
     data_hash: str = "",
     extra: dict[str, Any] | None = None,
+    method: str = "mean",
+    seed: int = 0,
 ) -> Direction:
-    """Mean of paired differences per layer, plus both sets' mean projections on the unit direction."""
+    """Per-layer direction of ``method`` (default: the mean of paired differences; :mod:`workbench.estimators`), plus
+    both sets' mean projections on the unit direction; ``extra["estimator"]`` records the method and its parameters."""
     if with_acts.shape != without_acts.shape:
         raise ShapeError(
             f"with/without activations differ in shape: {tuple(with_acts.shape)} vs {tuple(without_acts.shape)}"
         )
     if with_acts.shape[0] == 0:
         raise DatasetError(f"direction {name!r}: no pairs")
-    vectors = (with_acts - without_acts).mean(0)
+    from .estimators import estimate
+
+    vectors, params = estimate(with_acts, without_acts, method, seed)
+    extra = {**(extra or {}), "estimator": params}
     scale = float(with_acts.norm(dim=-1).mean())
     if float(vectors.norm(dim=-1).max()) <= 1e-6 * max(scale, 1e-12):
         raise DatasetError(
@@ -367,16 +373,24 @@ def compute_direction(
     batch_size: int = 16,
     progress: bool = True,
     truncate: str | None = None,
+    method: str = "mean",
+    seed: int = 0,
 ) -> Direction:
     """One direction from all rows of ``pairs`` (a ``PairDataset``), pooled over phrasings.
 
-    Refused before any work: repeated layers, pairs whose two prompts are all identical, prompts
-    past the model's context (unless ``truncate="left"``); afterwards, an all-zero difference.
+    ``method``: ``mean`` (the paper's mean difference, default), ``pca``, ``probe``, ``whitened`` or ``random``
+    (seeded); see :mod:`workbench.estimators`. Refused before any work: an unknown method or too few pairs for it,
+    repeated layers, pairs whose two prompts are all identical, prompts past the model's context (unless
+    ``truncate="left"``); afterwards, an all-zero difference.
 
     >>> title = compute_direction(model, load_pairs("format", "detectable_format:title"))
+    >>> probe = compute_direction(model, load_pairs("format", "detectable_format:title"), method="probe")
     """
     if len(pairs) == 0:
         raise DatasetError("compute_direction: the pair dataset is empty")
+    from .estimators import check_method
+
+    check_method(method, len(pairs))
     layers = check_distinct_layers(check_layers(model, layers))
     check_pairs_differ(pairs)
     ids = pairs.instruction_ids()
@@ -393,7 +407,42 @@ def compute_direction(
         hook=hook,
         data_hash=pairs.hash(),
         extra={"instruction_ids": ids},
+        method=method,
+        seed=seed,
     )
+
+
+def compute_directions_by_method(
+    model: Any,
+    pairs: Any,
+    methods: Sequence[str] = ("mean", "pca", "probe", "whitened", "random"),
+    layers: Sequence[int] | None = None,
+    hook: str = "resid_post",
+    batch_size: int = 16,
+    progress: bool = True,
+    seed: int = 0,
+) -> dict[str, Direction]:
+    """The direction of each estimator in ``methods`` from one set of cached pair activations, keyed by method.
+
+    >>> by = compute_directions_by_method(model, load_pairs("format", "detectable_format:title"), ("mean", "probe"))
+    """
+    from .estimators import check_method
+
+    if len(pairs) == 0:
+        raise DatasetError("compute_directions_by_method: the pair dataset is empty")
+    if not methods:
+        raise DatasetError("compute_directions_by_method: no methods given")
+    for method in methods:
+        check_method(method, len(pairs))
+    layers = check_distinct_layers(check_layers(model, layers))
+    check_pairs_differ(pairs)
+    ids = pairs.instruction_ids()
+    name = ids[0] if len(ids) == 1 else "+".join(ids)
+    with_acts, without_acts = pair_activations(model, pairs, layers, hook, batch_size, progress)
+    return {m: direction_from_activations(with_acts, without_acts, layers=layers, name=name, model_name=model_info(model).name,
+                                          n_model_layers=int(model.cfg.n_layers), hook=hook, data_hash=pairs.hash(),
+                                          extra={"instruction_ids": ids}, method=m, seed=seed)
+            for m in dict.fromkeys(methods)}
 
 
 def compute_directions(

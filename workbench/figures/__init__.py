@@ -12,7 +12,8 @@ from .logit_lens import VocabProjection, direction_logits, logit_lens_figure, un
 from .pca import PCAPoints, PCAResult, activation_pca, pca_figure, pca_points
 from .projections import projection_figure, projections
 from .records import CONDITIONS, CONDITION_KEYS, SWEEP_KEYS, RecordError, condition_records, sweep_records
-from .similarity import cluster_order, instruction_cosine, instruction_cosine_figure, layer_cosine, layer_cosine_figure
+from .similarity import (cluster_order, instruction_cosine, instruction_cosine_figure, layer_cosine, layer_cosine_figure,
+                         method_cosine, method_cosine_figure)
 from .sweeps import SweepGrid, condition_table, conditions_figure, strength_curve, strength_figure, sweep_grid, sweep_heatmap_figure
 from .tokens import TokenProjections, token_html, token_projection_figure, token_projections
 
@@ -21,6 +22,7 @@ __all__ = [
     "TokenProjections", "VocabProjection", "activation_pca", "cluster_order", "condition_records", "condition_table",
     "conditions_figure", "direction_logits", "directions_from", "find_chromium", "instruction_activations",
     "instruction_cosine", "instruction_cosine_figure", "layer_cosine", "layer_cosine_figure", "logit_lens_figure",
+    "method_cosine", "method_cosine_figure",
     "pca_figure", "pca_points", "projection_figure", "projections", "save_figure", "save_html", "save_image",
     "save_images", "screenshot_html", "strength_curve", "strength_figure", "sweep_grid", "sweep_heatmap_figure",
     "sweep_records", "token_html", "write_plotlyjs", "token_projection_figure", "token_projections", "unembedding", "vocab_projection",

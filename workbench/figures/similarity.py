@@ -118,3 +118,39 @@ def instruction_cosine_figure(
         width=max(650, 450 + 55 * len(labels)), height=max(550, 350 + 55 * len(labels)),
     )
     return fig
+
+
+def method_cosine(
+    directions: Mapping[str, Direction], reference: str = "mean"
+) -> tuple[list[int], dict[str, Float[torch.Tensor, " n_layers"]]]:
+    """Per layer, the cosine between each estimator's direction and ``reference``'s (same model, same layers).
+
+    >>> layers, cos = method_cosine(wb.compute_directions_by_method(model, pairs))   # cos["probe"][i] at layers[i]
+    """
+    named = dict(_as_named(directions))
+    if reference not in named:
+        raise WorkbenchError(f"method_cosine: no {reference!r} direction to compare with; have {', '.join(named)}")
+    ref = named[reference]
+    for name, d in named.items():
+        if list(d.layers) != list(ref.layers) or d.model_name != ref.model_name:
+            raise ShapeError(f"method_cosine: {name!r} is from {d.model_name} at layers {list(d.layers)[:4]}..., "
+                             f"{reference!r} from {ref.model_name} at {list(ref.layers)[:4]}...: compare one model's layers")
+    return list(ref.layers), {name: (d.units.double() * ref.units.double()).sum(-1).clamp(-1.0, 1.0).float()
+                              for name, d in named.items() if name != reference}
+
+
+def method_cosine_figure(directions: Mapping[str, Direction], reference: str = "mean"):
+    """Line per estimator: its cosine with ``reference``'s direction at each layer (did they find the same direction?)."""
+    import plotly.graph_objects as go
+
+    layers, cos = method_cosine(directions, reference)
+    ref = directions[reference]
+    fig = go.Figure([go.Scatter(x=layers, y=c.tolist(), mode="lines+markers", name=name,
+                                hovertemplate=f"{name}<br>layer %{{x}}<br>cosine %{{y:.3f}}<extra></extra>")
+                     for name, c in cos.items()])
+    fig.update_layout(
+        title=f"Cosine of each estimator's direction with the {reference} direction, per layer<br>"
+              f"<sup>{ref.name} on {ref.model_name}, {ref.n_pairs} pairs</sup>",
+        xaxis_title="layer", yaxis=dict(title="cosine", range=[-1.05, 1.05]), template="plotly_white", width=800, height=450,
+    )
+    return fig
