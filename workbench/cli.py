@@ -114,6 +114,9 @@ def parse_kwargs(text: str | None) -> dict | None:
     """``--kwargs`` JSON text as a dict (None stays None); anything but a JSON object is a one-line error."""
     if text is None:
         return None
+    from .arguments import check_text
+
+    check_text(text, "--kwargs")  # a word with invalid UTF-8 would fail in the tokenizer, after the model loads
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -73,7 +73,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--layers", help="layers for attention, patching, necessity, reliability, e.g. 0-29 or 0,6,12 (default: all, "
                    "patching and necessity every --layer-stride)")
     p.add_argument("--direction", help="a saved direction file instead of computing one from the train pairs")
-    p.add_argument("--target", help="patching/necessity metric: teacher-forced log-probability of this continuation (e.g. '<<'); "
+    from ..arguments import text_arg
+
+    p.add_argument("--target", type=text_arg, help="patching/necessity metric: teacher-forced log-probability of this continuation (e.g. '<<'); "
                    "default: KL shift of the first response token")
     p.add_argument("--response-tokens", type=int, default=0,
                    help="attention: also from the first N generated tokens of each with-instruction prompt (default 0)")
