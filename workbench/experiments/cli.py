@@ -49,7 +49,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--mode", choices=("project", "add"), help="steering mode (default: project for format, add for length/keywords)")
     p.add_argument("--layers", help="layers to sweep, e.g. 16,20,24-26 (default: every other layer from n_layers//5)")
-    p.add_argument("--layer-stride", type=positive_int, default=2, help="stride of the default layer grid (default 2)")
+    from ..arguments import RecordGiven
+
+    p.add_argument("--layer-stride", type=positive_int, default=2, action=RecordGiven, help="stride of the default layer grid (default 2)")
     p.add_argument("--strengths", help="comma-separated strengths (add: multiples of the direction's norm; project: of the target)")
     p.add_argument("--n-train", type=positive_int, help="training pairs per direction")
     p.add_argument("--n-val", type=positive_int, help="validation prompts per sweep target")
@@ -71,7 +73,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search", choices=("full", "fast"), default="full",
                    help="full: decode every layer x strength of the grid (the paper's); fast: score every cell with one "
                         "forward pass per validation prompt, then decode only the best --search-keep layers")
-    p.add_argument("--search-keep", type=positive_int, default=3, help="--search fast: layers decoded per target (default 3)")
+    p.add_argument("--search-keep", type=positive_int, default=3, action=RecordGiven, help="--search fast: layers decoded per target (default 3)")
     from ..arguments import seed_arg
 
     p.add_argument("--seed", type=seed_arg, default=0)
@@ -100,6 +102,16 @@ def _words(words: list[str] | None, words_file: str | None) -> list[str] | None:
     return out or None
 
 
+def _names(text: str | None, flag: str) -> list[str] | None:
+    """A comma-separated list of names (``mean,pca``); an empty entry is an error."""
+    if text is None:
+        return None
+    names = [x.strip() for x in text.split(",")]
+    if not all(names):
+        raise WorkbenchError(f"{flag}: an empty name in {text!r}")
+    return names
+
+
 def cmd_reproduce(args: argparse.Namespace) -> int:
     """Run one experiment of the paper and write its tables."""
     from .reproduce import ReproduceConfig, run_reproduce
@@ -108,6 +120,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
         experiment=args.experiment, model=args.model, quick=args.quick, eval_data=args.eval_data, device=args.device,
         out=args.out, seed=args.seed, mode=args.mode, instructions=args.instruction, targets=int_list(args.targets, "--targets"),
         words=_words(args.word, args.words_file), include_only=args.include_only, exclude_only=args.exclude_only,
+        methods=_names(args.methods, "--methods"), sizes=int_list(args.sizes, "--sizes"),
         layers=int_list(args.layers), layer_stride=args.layer_stride, strengths=float_list(args.strengths),
         n_train=args.n_train, n_val=args.n_val, n_eval=args.n_eval, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, max_ppl_ratio=args.max_ppl_ratio, max_degeneration=args.max_degeneration,
@@ -234,6 +247,8 @@ def register(subparsers: Any) -> None:
     r.add_argument("--targets", help="sentence targets N for length/composition, e.g. 1,3")
     r.add_argument("--word", type=text_arg, action="append", help="keyword or phrase, any (repeat; keywords experiment)")
     r.add_argument("--words-file", help="keywords experiment: a text file of words or phrases, one per line")
+    r.add_argument("--methods", help="estimators experiment: direction estimators to compare, e.g. mean,pca,probe,whitened,random")
+    r.add_argument("--sizes", help="estimators experiment: training pairs of the sample-efficiency curve, e.g. 8,16,32,64,120")
     r.add_argument("--include-only", action="store_true", help="keywords experiment: evaluate inclusion only (no exclusion)")
     r.add_argument("--exclude-only", action="store_true", help="keywords experiment: evaluate exclusion only (no inclusion)")
     r.add_argument("--n-eval", type=positive_int, help="evaluation prompts per instruction")

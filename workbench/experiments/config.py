@@ -11,7 +11,7 @@ from ..errors import WorkbenchError
 from ..models import DEFAULT_MODEL
 from .sweep import DEFAULT_MAX_DEGENERATION_GAIN, default_layers
 
-EXPERIMENTS: tuple[str, ...] = ("format", "length", "keywords", "composition", "transfer")
+EXPERIMENTS: tuple[str, ...] = ("format", "length", "keywords", "composition", "transfer", "estimators")
 LENGTH_ID = "length_constraints:number_sentences"
 TITLE_ID = "detectable_format:title"
 
@@ -51,6 +51,13 @@ PRESETS: dict[str, dict[bool, dict[str, Any]]] = {
     },
 }
 PRESETS["transfer"][False]["instructions"] = list(PRESETS["format"][False]["instructions"])
+# estimators: every method's direction selected and evaluated alike; sizes: training pairs of the sample-efficiency curve
+PRESETS["estimators"] = {
+    False: dict(instructions=[TITLE_ID], n_train=120, n_val=40, n_eval=40, max_new_tokens=128, strengths=[0.5, 1.0],
+                methods=["mean", "pca", "probe", "whitened", "random"], sizes=[8, 16, 32, 64, 120]),
+    True: dict(instructions=[TITLE_ID], n_train=32, n_val=10, n_eval=40, max_new_tokens=48, strengths=[0.5, 1.0],
+               methods=["mean", "pca", "probe", "whitened", "random"], sizes=[8, 16, 32]),
+}
 
 
 SEARCHES: tuple[str, ...] = ("full", "fast")
@@ -74,6 +81,8 @@ class ReproduceConfig:
     instructions: list[str] | None = None
     targets: list[int] | None = None
     words: list[str] | None = None
+    methods: list[str] | None = None  # estimators: direction estimators compared (workbench.estimators.METHODS)
+    sizes: list[int] | None = None  # estimators: training-pair counts of the sample-efficiency curve
     include_only: bool = False  # keywords: evaluate inclusion only (--include-only)
     exclude_only: bool = False  # keywords: evaluate exclusion only (--exclude-only)
     layers: list[int] | None = None
@@ -127,6 +136,8 @@ class ReproduceConfig:
             cfg.batch_size = 40 if self.quick else 20  # fewer, larger batches: decoding on CPU is step-bound
         if cfg.mode is None:
             cfg.mode = "add" if self.experiment in ("length", "keywords") else "project"
+        if cfg.sizes:
+            cfg.sizes = sorted({min(n, cfg.n_train or n) for n in cfg.sizes})  # a curve point never needs more pairs than trained
         if cfg.layers is None:
             grid = default_layers(n_layers, cfg.layer_stride)
             cfg.layers = quick_layers(grid, n_layers) if self.quick else grid

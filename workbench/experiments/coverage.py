@@ -63,6 +63,11 @@ def evaluation_sets(cfg: ReproduceConfig) -> list[EvaluationSet]:
         return [EvaluationSet(name, iid, kwargs) for name, iid, kwargs in format_target_names(ids)]
     if exp == "length":
         return [EvaluationSet(f"length<={n}", LENGTH_ID, length_kwargs(n)) for n in _preset(cfg, "targets") or [1, 3]]
+    if exp == "estimators":
+        from .reproduce import format_target_names
+
+        sets = [EvaluationSet(name, iid, kwargs) for name, iid, kwargs in format_target_names(_preset(cfg, "instructions") or [])]
+        return sets + [EvaluationSet(f"include:{w}", KEYWORD_TASKS["include"], {"keywords": [w]}) for w in cfg.words or []]
     if exp == "keywords":
         return [EvaluationSet(f"{task}:{w}", KEYWORD_TASKS[task], {KEYWORD_ARGS[task]: [w]})
                 for w in _preset(cfg, "words") or [] for task in keyword_tasks(cfg)]

@@ -11,9 +11,11 @@ from ..errors import WorkbenchError
 
 # config field -> (its flag, the experiments that read it)
 EXPERIMENT_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "instructions": ("--instruction", ("format", "composition", "transfer")),
+    "instructions": ("--instruction", ("format", "composition", "transfer", "estimators")),
     "targets": ("--targets", ("length", "composition")),
-    "words": ("--word/--words-file", ("keywords",)),
+    "words": ("--word/--words-file", ("keywords", "estimators")),
+    "methods": ("--methods", ("estimators",)),
+    "sizes": ("--sizes", ("estimators",)),
     "source_model": ("--source-model", ("transfer",)),
     "include_only": ("--include-only", ("keywords",)),
     "exclude_only": ("--exclude-only", ("keywords",)),
@@ -55,6 +57,8 @@ def check_experiment_config(cfg: Any) -> None:
             raise WorkbenchError(f"--targets: a sentence target is a count >= 1, got {n!r}")
     if cfg.instructions and exp in EXPERIMENT_FIELDS["instructions"][1]:
         _check_instructions(cfg.instructions)
+    if exp == "estimators":
+        _check_methods(cfg)
     _check_models(cfg)
     from ..io import check_output_dir
 
@@ -89,3 +93,17 @@ def _check_models(cfg: Any) -> None:
     bad = [layer for layer in cfg.layers if n is not None and not 0 <= layer < n]
     if bad:
         raise WorkbenchError(f"--layers: {bad[0]} is out of range (this model has layers 0..{n - 1})")
+
+
+def _check_methods(cfg: Any) -> None:
+    """Known estimators, each with enough training pairs, and curve sizes that are counts (before any work)."""
+    from ..estimators import check_method
+    from .config import PRESETS
+
+    preset = PRESETS["estimators"][cfg.quick]
+    n_train = cfg.n_train or preset["n_train"]
+    for method in cfg.methods or preset["methods"]:
+        check_method(method, n_train)
+    for n in cfg.sizes or []:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise WorkbenchError(f"--sizes: a number of training pairs is a count >= 1, got {n!r}")

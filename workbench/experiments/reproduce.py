@@ -447,8 +447,16 @@ def exp_transfer(run: Run) -> dict[str, Any]:
                                         "degeneration", "layer", "strength", "mode"], "sweep": sweep, "selection": sweep.selection}
 
 
+def exp_estimators(run: Run) -> dict[str, Any]:
+    """Estimators of the direction compared (``workbench.experiments.estimators``)."""
+    from .estimators import exp_estimators as run_estimators
+
+    return run_estimators(run)
+
+
 RUNNERS: dict[str, Callable[[Run], dict[str, Any]]] = {
     "format": exp_format, "length": exp_length, "keywords": exp_keywords, "composition": exp_composition, "transfer": exp_transfer,
+    "estimators": exp_estimators,
 }
 SWEEP_COLUMNS = ["instruction_id", "layer", "coeff", "n", "accuracy", "loose_accuracy", "perplexity", "degeneration"]
 
@@ -630,4 +638,7 @@ def _table_note(cfg: ReproduceConfig, sweep: SweepResult) -> str:
             f"perplexity of the responses under the unsteered model; degeneration: share of repeated 3-grams of words and punctuation. "
             f"Steering selected on validation prompts ({cfg.mode} mode) by the {cfg.rule} rule ({rule}); rows with rule 'paper' "
             f"steer at the cell the paper's rule ({paper_rule}) selects where that differs, 'both' where the two rules agree. "
-            f"Selected: {sel or 'n/a'}. Seed {cfg.seed}, greedy decoding, {cfg.max_new_tokens} new tokens.")
+            f"Selected: {sel or 'n/a'}. Seed {cfg.seed}, greedy decoding, {cfg.max_new_tokens} new tokens."
+            + (" vs_mean_p: McNemar's exact test against the mean method's same condition; vs_prompt_p: the steered "
+               "responses without the instruction against the unsteered responses with the instruction in the prompt, "
+               "paired by base query." if cfg.experiment == "estimators" else ""))

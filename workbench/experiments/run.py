@@ -55,7 +55,9 @@ def attach_p_values(table: list[dict[str, Any]], identity: Sequence[str], key: s
     twins = TWINS if twins is None else twins
     index = {(tuple(r.get(k) for k in identity), r.get(key)): r for r in table}
     for r in table:
-        twin = index.get((tuple(r.get(k) for k in identity), twins.get(r.get(key))))
+        if r.get(key) not in twins:  # only the keys named in ``twins`` have a twin
+            continue
+        twin = index.get((tuple(r.get(k) for k in identity), twins[r.get(key)]))
         if twin is not None and r.get("_keys") == twin.get("_keys"):
             r[column] = mcnemar_exact(r["_strict"], twin["_strict"]).p_value
 
@@ -138,15 +140,17 @@ class Run:
             self.act_cache.update(zip(missing, acts))
         return torch.stack([self.act_cache[p] for p in prompts])
 
-    def direction(self, name: str, rows: PairDataset) -> Direction:
-        """Mean-difference direction at every layer; without-instruction activations are shared across calls."""
+    def direction(self, name: str, rows: PairDataset, method: str = "mean") -> Direction:
+        """Direction of ``method`` (default the paper's mean difference) at every layer; activations are cached per
+        prompt, so other methods and subsets of the same pairs run no new pass."""
         if name not in self.directions:
-            self.say(f"  direction {name} from {len(rows)} train pairs")
+            self.say(f"  direction {name} from {len(rows)} train pairs" + ("" if method == "mean" else f" ({method})"))
             n = int(self.model.cfg.n_layers)
             self.directions[name] = direction_from_activations(
                 self._acts(rows.prompts()), self._acts(rows.prompts_without_instruction()), layers=range(n), name=name,
                 model_name=model_info(self.model).name, n_model_layers=n, data_hash=rows.hash(),
                 extra={"instruction_ids": rows.instruction_ids(), "split": "train", "kwargs": kwargs_used(rows)},
+                method=method, seed=self.config.seed,
             )
         return self.directions[name]
 

@@ -196,3 +196,32 @@ def conditions_figure(records: Iterable[Mapping[str, Any]], subtitle: str = ""):
         template="plotly_white", legend=dict(orientation="h", y=-0.25), width=max(700, 260 * len(ids)), height=500,
     )
     return fig
+
+
+def sample_efficiency_figure(records: Iterable[Mapping[str, Any]], subtitle: str = ""):
+    """Steered test accuracy (95% Wilson interval) against the training pairs each estimator was given, one line per
+    method; records carry ``method``, ``n_pairs``, ``accuracy`` and ``accuracy_lo/_hi`` (the estimators experiment)."""
+    import plotly.graph_objects as go
+
+    recs = [dict(r) for r in records]
+    if not recs:
+        raise RecordError("sample_efficiency_figure: no records")
+    missing = {"method", "n_pairs", "accuracy"} - set(recs[0])
+    if missing:
+        raise RecordError(f"sample_efficiency_figure: records lack {sorted(missing)}")
+    fig = go.Figure()
+    for method in dict.fromkeys(r["method"] for r in recs):
+        rows = sorted((r for r in recs if r["method"] == method), key=lambda r: r["n_pairs"])
+        acc = [r["accuracy"] for r in rows]
+        error_y = None
+        if all("accuracy_lo" in r for r in rows):
+            error_y = dict(type="data", symmetric=False, array=[r["accuracy_hi"] - a for r, a in zip(rows, acc)],
+                           arrayminus=[a - r["accuracy_lo"] for r, a in zip(rows, acc)])
+        fig.add_trace(go.Scatter(x=[r["n_pairs"] for r in rows], y=acc, name=str(method), mode="lines+markers", error_y=error_y))
+    iid = recs[0].get("instruction_id", "")
+    fig.update_layout(
+        title=_title(f"'{iid}': steered accuracy without the instruction vs training pairs, per estimator", subtitle),
+        xaxis=dict(title="training pairs", type="log"), yaxis=dict(title="accuracy (95% interval)", range=[-0.03, 1.03]),
+        template="plotly_white", width=800, height=480,
+    )
+    return fig
