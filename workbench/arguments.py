@@ -105,3 +105,22 @@ def text_arg(text: str) -> str:
         return check_text(text, "the text")
     except WorkbenchError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class RecordGiven(argparse.Action):
+    """argparse action: store the value and note the flag in ``namespace.given``, so that a flag given by hand can
+    be told from its default (and refused where the run would not use it, see :func:`check_given_flags`)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+
+
+def check_given_flags(args: argparse.Namespace) -> None:
+    """Refuse flags given by hand that the rest of the command line makes unused (they would be silently ignored)."""
+    given = getattr(args, "given", set())
+    if "layer_stride" in given and getattr(args, "layers", None):
+        raise WorkbenchError("--layer-stride spaces the default layer grid; --layers gives the layers: pass one of them")
+    if "search_keep" in given and getattr(args, "search", None) != "fast":
+        raise WorkbenchError("--search-keep is for --search fast (the full search decodes every layer)")

@@ -10,6 +10,32 @@ from typing import Any
 from ..errors import WorkbenchError
 
 
+# flag -> (its argparse dest, the analyses that read it): given to another analysis, it is refused, not ignored
+ANALYSIS_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "--layer": ("layer", ("attribution", "reliability")),
+    "--layers": ("layers", ("attention", "patching", "necessity", "reliability")),
+    "--direction": ("direction", ("attribution", "necessity")),
+    "--target": ("target", ("patching", "necessity")),
+    "--response-tokens": ("response_tokens", ("attention",)),
+    "--n-train": ("n_train", ("attribution", "necessity", "reliability")),
+    "--n-pairs": ("n_pairs", ("attribution", "attention")),
+    "--n-patch-pairs": ("n_patch_pairs", ("patching", "necessity")),
+    "--layer-stride": ("layer_stride", ("patching", "necessity")),
+    "--n-positions": ("n_positions", ("patching",)),
+}
+
+
+def check_analysis_flags(args: argparse.Namespace) -> None:
+    """Refuse a flag the chosen analysis does not read (``analyze attention --target x`` would silently ignore it)."""
+    for flag, (dest, users) in ANALYSIS_FLAGS.items():
+        if getattr(args, dest, None) and args.analysis not in users:
+            raise WorkbenchError(f"{flag} is for {', '.join(users)}; analyze {args.analysis} does not use it")
+    if args.layers and args.layer_stride:
+        raise WorkbenchError("--layer-stride spaces the default layer grid; --layers gives the layers: pass one of them")
+    if args.direction and args.n_train and args.analysis != "reliability":
+        raise WorkbenchError("--n-train sizes a direction computed from train pairs; --direction FILE gives one: drop one of them")
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Load the model, run one analysis, write its figure (HTML, PNG) and JSON record, print a summary."""
     from ..directions import Direction
@@ -17,6 +43,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from ..models import load_model
     from .run import AnalysisSizes, run_analysis, short_name, write_outputs
 
+    check_analysis_flags(args)
     sizes = AnalysisSizes()
     for field in ("n_train", "n_pairs", "n_patch_pairs", "layer_stride", "n_positions"):
         value = getattr(args, field)
@@ -39,7 +66,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     family_of(args.instruction)  # an unknown id fails before the model loads
     layers = layers_arg(args.layers, args.model)
     if args.layer is not None:
-        layers_arg(str(args.layer), args.model, "--layer")  # in range of the model's layers (a negative one fails to parse)
+        from ..errors import LayerError
+        from ..models.loading import layer_count
+
+        n = layer_count(args.model)
+        if n is not None and not 0 <= args.layer < n:
+            raise LayerError(f"layer {args.layer} is out of range: this model has layers 0..{n - 1}")
     if args.response_tokens < 0:
         raise WorkbenchError(f"--response-tokens must be >= 0, got {args.response_tokens}")
     model = load_model(args.model, device=args.device)
