@@ -493,6 +493,18 @@ def test_steering_vector_past_the_model_dtype_is_refused(tiny, monkeypatch):
         pass
 
 
+def test_plain_steering_checks_the_model_dtype(tiny):
+    """The plain ``transformers`` path refuses a vector past its weights' dtype too."""
+    import copy
+
+    from workbench.models.plain import plain_model_for
+    from workbench.steering.plain import hf_steer
+
+    half = copy.deepcopy(plain_model_for(tiny)).to(torch.float16)
+    with pytest.raises(wb.SteeringError, match="too large for float16"):
+        hf_steer(half, _tiny_direction(tiny), layer=1, coeff=1e6).__enter__()
+
+
 def test_run_folder_lock_does_not_follow_a_symlink(tmp_path, capsys):
     """A planted ``.workbench.lock`` link to a file outside --out: refused in one line, the file untouched."""
     victim = tmp_path / "victim.txt"

@@ -67,7 +67,8 @@ def hf_steer(
     forward pass in the block, i.e. the padded prompt of one ``generate`` call).
     """
     blocks = decoder_layers(hf_model)
-    specs = resolve_specs(directions, len(blocks), hidden_size(hf_model), layer, coeff, mode, positions, target, hook)
+    dtype = next((q.dtype for q in hf_model.parameters() if q.is_floating_point()), None)
+    specs = resolve_specs(directions, len(blocks), hidden_size(hf_model), layer, coeff, mode, positions, target, hook, dtype=dtype)
     for spec in specs:
         if spec.hook not in ("resid_post", "resid_pre"):
             raise SteeringError(f"{spec.name}: hf_steer supports hook resid_post or resid_pre, not {spec.hook!r}")
