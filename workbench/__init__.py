@@ -20,6 +20,7 @@ from .data import (
     load_pairs,
     load_pairs_file,
 )
+from .analysis.monitor import monitor
 from .directions import Direction, LayerDirection, compute_direction, compute_directions, compute_directions_by_method
 from .errors import (
     DatasetError,
@@ -42,5 +43,5 @@ __all__ = [
     "SteeringError", "SteeringSpec", "VectorFileError", "WorkbenchError", "__version__",
     "collect_activations", "compute_direction", "compute_directions", "compute_directions_by_method", "fit_map", "generate", "list_instructions",
     "load_activations", "load_ifeval_jsonl", "load_maps", "load_model", "load_paired_jsonl", "load_pairs",
-    "load_pairs_file", "match_layers", "model_info", "save_activations", "save_maps", "steer", "transfer_direction",
+    "load_pairs_file", "match_layers", "model_info", "monitor", "save_activations", "save_maps", "steer", "transfer_direction",
 ]

@@ -1,4 +1,4 @@
-"""``workbench analyze {attribution,attention,patching,necessity,reliability}``: registered by :func:`register`."""
+"""``workbench analyze {attribution,attention,patching,necessity,reliability,monitor}``: registered by :func:`register`."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from ..errors import WorkbenchError
 # flag -> (its argparse dest, the analyses that read it): given to another analysis, it is refused, not ignored
 ANALYSIS_FLAGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "--layer": ("layer", ("attribution", "reliability")),
-    "--layers": ("layers", ("attention", "patching", "necessity", "reliability")),
-    "--direction": ("direction", ("attribution", "necessity")),
+    "--layers": ("layers", ("attention", "patching", "necessity", "reliability", "monitor")),
+    "--direction": ("direction", ("attribution", "necessity", "monitor")),
     "--target": ("target", ("patching", "necessity")),
     "--response-tokens": ("response_tokens", ("attention",)),
-    "--n-train": ("n_train", ("attribution", "necessity", "reliability")),
+    "--n-train": ("n_train", ("attribution", "necessity", "reliability", "monitor")),
+    "--n-monitor": ("n_monitor", ("monitor",)),
+    "--max-new-tokens": ("monitor_tokens", ("monitor",)),
     "--n-pairs": ("n_pairs", ("attribution", "attention")),
     "--n-patch-pairs": ("n_patch_pairs", ("patching", "necessity")),
     "--layer-stride": ("layer_stride", ("patching", "necessity")),
@@ -45,11 +47,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     check_analysis_flags(args)
     sizes = AnalysisSizes()
-    for field in ("n_train", "n_pairs", "n_patch_pairs", "layer_stride", "n_positions"):
+    for field in ("n_train", "n_pairs", "n_patch_pairs", "layer_stride", "n_positions", "n_monitor", "monitor_tokens"):
         value = getattr(args, field)
         if value is not None:
             if value < 1:
-                raise WorkbenchError(f"--{field.replace('_', '-')} must be >= 1, got {value}")
+                flag = "--max-new-tokens" if field == "monitor_tokens" else f"--{field.replace('_', '-')}"
+                raise WorkbenchError(f"{flag} must be >= 1, got {value}")
             sizes = replace(sizes, **{field: value})
     if args.threads is not None:
         if args.threads < 1:
@@ -94,7 +97,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser(
         "analyze",
-        help="where the instruction lives: attribution, attention, patching, necessity, reliability",
+        help="where the instruction lives: attribution, attention, patching, necessity, reliability, monitor",
         description="Component attribution of a direction, attention to the instruction's tokens, activation "
         "patching (layer x position), necessity/sufficiency of the direction per layer, and its reliability.",
     )
@@ -116,6 +119,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-patch-pairs", type=int, help="validation pairs for patching and necessity (default 4)")
     p.add_argument("--layer-stride", type=int, help="patching/necessity layer grid stride (default 3, plus the last layer)")
     p.add_argument("--n-positions", type=int, help="patching: positions from the end (default 12)")
+    p.add_argument("--n-monitor", type=int, help="monitor: validation pairs scored (default 40)")
+    p.add_argument("--max-new-tokens", dest="monitor_tokens", type=int,
+                   help="monitor: new tokens of each unsteered response checked for compliance (default 64)")
     from ..cli import device_arg, folder_arg
 
     p.add_argument("--out", type=folder_arg(), default="figures", help="output folder (default figures)")

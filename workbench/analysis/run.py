@@ -18,7 +18,7 @@ from ..hooks import check_layer
 from ..io import write_json_atomic
 from ..models.loading import model_info
 
-ANALYSES = ("attribution", "attention", "patching", "necessity", "reliability")
+ANALYSES = ("attribution", "attention", "patching", "necessity", "reliability", "monitor")
 
 
 @dataclass(frozen=True)
@@ -31,9 +31,12 @@ class AnalysisSizes:
     layer_stride: int = 3  # patching and necessity every this many layers (and always the last)
     n_positions: int = 12  # patching: positions from the end
     depth: float = 0.7  # default attribution layer, as a fraction of the depth
+    n_monitor: int = 40  # monitor: validation pairs (their prompts with and without the instruction)
+    monitor_tokens: int = 64  # monitor: new tokens of each unsteered response checked for compliance
 
 
-QUICK_SIZES = AnalysisSizes(n_train=16, n_pairs=4, n_patch_pairs=2, layer_stride=6, n_positions=6)
+QUICK_SIZES = AnalysisSizes(n_train=16, n_pairs=4, n_patch_pairs=2, layer_stride=6, n_positions=6, n_monitor=8,
+                            monitor_tokens=16)
 
 
 def default_layer(model: Any, sizes: AnalysisSizes) -> int:
@@ -74,13 +77,13 @@ def run_analysis(
 
     >>> result, fig, record = run_analysis("attribution", model, "detectable_format:title")
     """
-    from . import attention, attribution, necessity, patching, reliability
+    from . import attention, attribution, monitor, necessity, patching, reliability
 
     if name not in ANALYSES:
         raise WorkbenchError(f"unknown analysis {name!r}; choose one of {', '.join(ANALYSES)}")
     layer = default_layer(model, sizes) if layer is None else check_layer(model, layer)
     record: dict[str, Any] = dict(analysis=name, model=model_info(model).name, instruction=instruction, sizes=asdict(sizes))
-    needs_direction = name in ("attribution", "necessity")
+    needs_direction = name in ("attribution", "necessity", "monitor")
     if needs_direction and direction is None:
         train = analysis_pairs(instruction, "train", sizes.n_train)
         direction = compute_direction(model, train, name=instruction, progress=progress)
@@ -103,6 +106,13 @@ def run_analysis(
         if response_tokens:
             record.update(response_tokens=response_tokens, top_response=res.top_heads(12, source="response"))
         return res, attention.attention_figure(res), record
+    if name == "monitor":
+        pairs = analysis_pairs(instruction, "validation", sizes.n_monitor)
+        res = monitor.compliance_monitor(model, direction, pairs, layers, max_new_tokens=sizes.monitor_tokens, progress=progress)
+        record.update(n_pairs=len(res.followed), n_followed=int(sum(res.followed)), max_new_tokens=sizes.monitor_tokens,
+                      best_presence_layer=res.best_layer("presence"), best_compliance_layer=res.best_layer("compliance"),
+                      per_layer=res.summary())
+        return res, monitor.monitor_figure(res), record
     grid = list(layers) if layers is not None else strided_layers(model, sizes.layer_stride)
     if name == "patching":
         pairs = analysis_pairs(instruction, "validation", sizes.n_patch_pairs)
