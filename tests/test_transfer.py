@@ -249,7 +249,7 @@ def test_reproduce_transfer_quick_between_widths(tiny, wide, tmp_path, one_threa
         assert {(label, "instruction_steered"), (label, "no_instruction_steered")} <= by, label
     steered = [r for r in rows if r["direction"] in ("transferred", "random")]  # the null at the transferred direction's cell
     assert len({(r["layer"], r["strength"]) for r in steered}) == 1
-    assert all(r["accuracy_p"] != "" for r in rows if r["condition"].endswith("_steered"))
+    assert all(r["accuracy_p"] != "" and r["rule"] in ("both", "workbench", "paper") for r in rows if r["condition"].endswith("_steered"))
     cos = list(csv.DictReader((run_dir / "transfer_cosine.csv").open()))
     assert [int(r["target_layer"]) for r in cos] == [2] and cos[0]["n_fit"] == "16"
     assert len(list(csv.DictReader((run_dir / "layer_match.csv").open()))) == 4  # 4 source layers x the 1 quick target layer

@@ -22,7 +22,7 @@ from .match import LayerMatch, match_from_activations
 STEERED = tuple(c for c in CONDITIONS if c.endswith("_steered"))
 MAP_PROMPTS = {True: 120, False: 480}  # fit texts for --quick / full runs (the check used 480)
 PAIRING = "target"  # default: for each target layer of the sweep grid, the source layer whose map fits best (held-out R2)
-COLUMNS = ["instruction_id", "source", "direction", "condition", "n", "accuracy", "accuracy_p", "loose_accuracy", "perplexity",
+COLUMNS = ["instruction_id", "source", "direction", "condition", "rule", "n", "accuracy", "accuracy_p", "loose_accuracy", "perplexity",
            "degeneration", "layer", "strength", "mode", "map"]
 COSINE_COLUMNS = ["instruction_id", "target_layer", "source_layer", "cos_transferred_own", "cos_random_own", "norm_transferred",
                   "norm_own", "map_r2", "map_centred_cosine", "n_fit", "n_heldout"]
@@ -129,20 +129,25 @@ def exp_mapped_transfer(run: Any, source: Any) -> dict[str, Any]:
     sweep = run.sweep(targets)
     plans = []
     for iid in ids:
-        sel, sel_own = sweep.selection.get(iid), sweep.selection.get(f"{iid}.own")
-        plans.append((iid, [("transferred", run.directions[iid], sel, CONDITIONS),
-                            ("own", own[iid], sel_own, STEERED), ("random", null[iid], sel, STEERED)]))
-    run.prefetch_conditions([(evals[iid], _specs_for(run, d, sel, mode), conds) for iid, plan in plans for _, d, sel, conds in plan])
+        plan = []
+        for label, d, name, conds in (("transferred", run.directions[iid], iid, CONDITIONS), ("own", own[iid], f"{iid}.own", STEERED),
+                                      ("random", null[iid], iid, STEERED)):  # the null steers at the transferred direction's cell
+            ours, paper = sweep.selection.get(name), getattr(sweep, "paper_selection", {}).get(name)
+            plan.append((label, d, ours, conds, "both" if _same_cell(ours, paper) else "workbench"))
+            if paper is not None and not _same_cell(ours, paper):  # the paper's perplexity-only pick beside ours
+                plan.append((label, d, paper, STEERED, "paper"))
+        plans.append((iid, plan))
+    run.prefetch_conditions([(evals[iid], _specs_for(run, d, sel, mode), conds) for iid, plan in plans for _, d, sel, conds, _ in plan])
     table: list[dict[str, Any]] = []
     for iid, plan in plans:
         run.say(f"  {iid}: transferred / own / random directions on {len(evals[iid])} evaluation prompts")
-        for label, d, sel, conds in plan:
-            meta = {"instruction_id": iid, "source": s_name, "direction": label, "map": kind if label == "transferred" else None,
-                    **_sel_meta(sel, mode)}
+        for label, d, sel, conds, rule in plan:
+            meta = {"instruction_id": iid, "source": s_name, "direction": label, "rule": rule,
+                    "map": kind if label == "transferred" else None, **_sel_meta(sel, mode)}
             part = run.conditions_table(evals[iid], _specs_for(run, d, sel, mode), meta, conds)
             for r in part:
                 if r["condition"] not in STEERED:
-                    r["direction"], r["map"] = "none", None
+                    r["direction"], r["map"], r["rule"] = "none", None, None
             table += part
     attach_p_values(table, ["instruction_id"])
     cosines = cosine_rows(run, ids, own, null, maps)
@@ -153,6 +158,10 @@ def exp_mapped_transfer(run: Any, source: Any) -> dict[str, Any]:
     return {"table": table, "columns": COLUMNS, "sweep": sweep, "selection": sweep.selection, "extra_tables": extra}
 
 
+
+
+def _same_cell(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    return a is not None and b is not None and (a["layer"], a["coeff"]) == (b["layer"], b["coeff"])
 
 
 def cosine_rows(run: Any, ids: Sequence[str], own: dict[str, Any], null: dict[str, Any], maps: Sequence[ResidualMap]) -> list[dict[str, Any]]:

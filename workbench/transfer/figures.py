@@ -38,8 +38,12 @@ def directions_figure(table: Sequence[Mapping[str, Any]]) -> Any:
     rows = [r for r in table if r.get("direction") in DIRECTION_ORDER]
     xs = list(dict.fromkeys((r["instruction_id"], r["condition"].replace("_steered", "")) for r in rows))
     fig = go.Figure()
-    for label in DIRECTION_ORDER:
-        mine = {(r["instruction_id"], r["condition"].replace("_steered", "")): r for r in rows if r["direction"] == label}
+    traces = [(label, paper) for paper in (False, True) for label in DIRECTION_ORDER if not (paper and label == "none")]
+    for label, paper in traces:
+        mine = {(r["instruction_id"], r["condition"].replace("_steered", "")): r for r in rows
+                if r["direction"] == label and (r.get("rule") == "paper") == paper}
+        if not mine:
+            continue
         ys, lo, hi = [], [], []
         for key in xs:
             r = mine.get(key)
@@ -47,8 +51,10 @@ def directions_figure(table: Sequence[Mapping[str, Any]]) -> Any:
             ys.append(y)
             lo.append(None if y is None else y - r.get("accuracy_lo", y))
             hi.append(None if y is None else r.get("accuracy_hi", y) - y)
-        fig.add_trace(go.Bar(x=[f"{i}<br>{c}" for i, c in xs], y=ys, name="unsteered" if label == "none" else label,
-                             marker_color=COLOURS[label], error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo}))
+        name = ("unsteered" if label == "none" else label) + (" (paper's rule)" if paper else "")
+        fig.add_trace(go.Bar(x=[f"{i}<br>{c}" for i, c in xs], y=ys, name=name, marker_color=COLOURS[label],
+                             marker_pattern_shape="/" if paper else "",
+                             error_y={"type": "data", "symmetric": False, "array": hi, "arrayminus": lo}))
     fig.update_layout(title="Target model: unsteered, transferred, own and random directions (95% Wilson intervals)",
                       barmode="group", yaxis={"title": "accuracy", "range": [0, 1.1]}, template="plotly_white")
     return fig
