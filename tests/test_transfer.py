@@ -280,7 +280,7 @@ def test_identity_map_gives_todays_transfer_rows(tiny, tmp_path, one_thread):
     assert float(cos[0]["cos_transferred_own"]) == pytest.approx(1.0) and float(cos[0]["map_r2"]) == pytest.approx(1.0)
 
 
-def test_reproduce_transfer_refuses_bad_map_options_before_any_work(tiny, tmp_path, monkeypatch):
+def test_reproduce_transfer_refuses_bad_map_options_before_any_work(tiny, wide, tmp_path, monkeypatch):
     from workbench.experiments.reproduce import ReproduceConfig, run_reproduce
 
     other = fit_map_from_activations(torch.randn(20, 64), torch.randn(20, WIDE), source=("tiny-random-llama", 1, 4),
@@ -294,5 +294,8 @@ def test_reproduce_transfer_refuses_bad_map_options_before_any_work(tiny, tmp_pa
     assert "its target is qwen2-w96 (3 layers x 96)" in _one_line(exc)
     with pytest.raises(WorkbenchError, match="not one of affine, orthogonal, identity and no such map file"):
         run_reproduce(ReproduceConfig("transfer", map="nonsense", **kw), say=lambda s: None, model=tiny)
+    with pytest.raises(ShapeError, match="--map identity needs equal widths; qwen2-w96 has d_model 96, tiny-random-llama 64"):
+        run_reproduce(ReproduceConfig("transfer", map="identity", source_model=str(wb.model_info(wide).path), **kw),
+                      say=lambda s: None, model=tiny)
     with pytest.raises(WorkbenchError, match="--map-prompts: a map needs at least 10 fit texts, got 5"):
         run_reproduce(ReproduceConfig("transfer", map="affine", map_prompts=5, **kw), say=lambda s: None, model=tiny)

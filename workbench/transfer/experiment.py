@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 
 from ..data import PairDataset, load_pairs
-from ..errors import WorkbenchError
+from ..errors import LayerError, ShapeError, WorkbenchError
 from ..experiments.conditions import CONDITIONS
 from ..models import model_info
 from .direct import random_like, transfer_direction
@@ -37,6 +37,19 @@ def check_map_option(value: Any, map_prompts: Any = None) -> None:
         raise WorkbenchError(f"--map-prompts: a map needs at least {MIN_PROMPTS} fit texts, got {map_prompts!r}")
     if map_prompts is not None and value is not None and value not in KINDS:
         raise WorkbenchError("--map-prompts sets how many texts a map is fitted on; a map file is already fitted")
+
+
+def check_identity(kind: Any, source: Any, target: Any, layers: Sequence[int]) -> None:
+    """``--map identity`` needs equal widths and the target's layers on the source too (one line, before any work)."""
+    if kind != "identity":
+        return
+    s_name, t_name = model_info(source).name, model_info(target).name
+    if int(source.cfg.d_model) != int(target.cfg.d_model):
+        raise ShapeError(f"--map identity needs equal widths; {s_name} has d_model {source.cfg.d_model}, {t_name} {target.cfg.d_model} "
+                         "(use --map affine or orthogonal)")
+    deep = [t for t in layers if t >= int(source.cfg.n_layers)]
+    if deep:
+        raise LayerError(f"--map identity maps each layer to itself; {s_name} has no layer {deep[0]} (layers 0..{int(source.cfg.n_layers) - 1})")
 
 
 def needs_maps(cfg: Any, source: Any, target: Any) -> bool:
@@ -92,6 +105,7 @@ def exp_mapped_transfer(run: Any, source: Any) -> dict[str, Any]:
     trains = {iid: run.builtin("format", iid, "train", cfg.n_train or 0) for iid in ids}
     vals = {iid: run.builtin("format", iid, "validation", cfg.n_val or 0) for iid in ids}
     evals = {iid: run.eval_rows("format", iid) for iid in ids}  # bad data fails before any activation
+    check_identity(cfg.map, source, run.model, cfg.layers or [])
     texts = None
     if (cfg.map or "affine") in KINDS:
         exclude = PairDataset([r for iid in ids for r in load_pairs("format", iid)], name="transferred")
