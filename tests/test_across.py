@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shutil
 
 import pytest
@@ -100,3 +101,26 @@ def test_transfer_model_all_checks_shapes_before_running(monkeypatch, tmp_path):
     with pytest.raises(wb.WorkbenchError, match=r"wbtest-wide \(18 layers, d_model 640\)"):
         run_across_models(cfg, models=["wbtest-same", "wbtest-wide"], say=ran.append)
     assert ran == []  # refused before the first model ran
+
+
+def test_comparison_lines_up_each_rule_across_models(tmp_path):
+    """A model whose two rules chose the same cell ('both') lines up with another model's separate workbench and paper
+    rows: one comparison row per (instruction, condition, rule)."""
+    from workbench.experiments.across import comparison_tables
+
+    runs = {}
+    tables = {"a": [("no_instruction", "", 0.0), ("no_instruction_steered", "both", 0.5)],
+              "b": [("no_instruction", "", 0.1), ("no_instruction_steered", "workbench", 0.3),
+                    ("no_instruction_steered", "paper", 0.6)]}
+    for model, rows in tables.items():
+        run_dir = tmp_path / model
+        run_dir.mkdir()
+        lines = ["instruction_id,condition,rule,n,accuracy,perplexity"]
+        lines += [f"t,{c},{r},10,{a},2.0" for c, r, a in rows]
+        (run_dir / "results.csv").write_text("\n".join(lines) + "\n")
+        (run_dir / "config.json").write_text(json.dumps({"model": {"n_layers": 4, "d_model": 64}, "selection": {}}))
+        runs[model] = run_dir
+    wide, cols, _ = comparison_tables("format", runs)["wide"]
+    by = {(r["condition"], r["rule"]): (r.get("m0_acc"), r.get("m1_acc")) for r in wide}
+    assert by == {("no_instruction", None): (0.0, 0.1), ("no_instruction_steered", "workbench"): (0.5, 0.3),
+                  ("no_instruction_steered", "paper"): (0.5, 0.6)}

@@ -108,6 +108,10 @@ def comparison_tables(experiment: str, runs: dict[str, Path], skipped: dict[str,
             metric = "both_acc"
         shape = config.get("model", {})
         for r in rows:
+            if r.get("rule") == "both":  # the workbench rule's row, which the paper's rule also chose: one row per rule
+                long_rows.append({"model": model, "n_layers": shape.get("n_layers"), "d_model": shape.get("d_model"),
+                                  **r, "rule": "paper"})
+                r = {**r, "rule": "workbench"}
             long_rows.append({"model": model, "n_layers": shape.get("n_layers"), "d_model": shape.get("d_model"), **r})
         sel = config.get("selection") or {}
         summary.append({
