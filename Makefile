@@ -6,7 +6,7 @@ TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.workbench-installed
 
-.PHONY: setup demo test bench figures clean-cache
+.PHONY: setup demo test bench figures notebooks clean-cache
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ bench: $(STAMP)
 
 figures: $(STAMP)
 	$(BIN)/workbench figures
+
+# Execute notebooks/*.ipynb and write them back with their outputs, plotly figures as small PNGs.
+notebooks: $(STAMP)
+	$(BIN)/python -m workbench.figures.notebooks
 
 clean-cache:
 	rm -rf "$${WORKBENCH_CACHE:-$${XDG_CACHE_HOME:-$$HOME/.cache}/instruction-steering-workbench}"

@@ -8,6 +8,11 @@ from typing import Any
 
 def cmd_figures(args: argparse.Namespace) -> int:
     """Run :func:`workbench.figures.regenerate.regenerate_figures` with the parsed options."""
+    if args.notebooks:
+        from .notebooks import render_notebooks
+
+        render_notebooks()
+        return 0
     from .regenerate import regenerate_figures
 
     regenerate_figures(
@@ -33,5 +38,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer pairs, prompts and sweep cells (a smoke run, minutes less)")
     p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-images", action="store_true", help="write HTML only (no kaleido/Chromium needed)")
+    p.add_argument(
+        "--notebooks", action="store_true",
+        help="instead: execute notebooks/*.ipynb and write them back with outputs, figures as PNGs (as make notebooks)",
+    )
     p.set_defaults(func=cmd_figures)
     return p
