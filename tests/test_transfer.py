@@ -299,3 +299,14 @@ def test_reproduce_transfer_refuses_bad_map_options_before_any_work(tiny, wide, 
                       say=lambda s: None, model=tiny)
     with pytest.raises(WorkbenchError, match="--map-prompts: a map needs at least 10 fit texts, got 5"):
         run_reproduce(ReproduceConfig("transfer", map="affine", map_prompts=5, **kw), say=lambda s: None, model=tiny)
+
+
+def test_layer_match_reuses_each_source_layers_svd_without_changing_a_fit():
+    g = torch.Generator().manual_seed(4)
+    xs, ys = torch.randn(40, 2, 16, generator=g), torch.randn(40, 3, 24, generator=g)
+    ys[:, 1] = xs[:, 0] @ torch.randn(16, 24, generator=g) + 0.1 * ys[:, 1]
+    match = match_from_activations(xs, ys, source=("a", [0, 1], 2), target=("b", [0, 1, 2], 3))
+    for (s, t), m in match.maps.items():
+        alone = fit_map_from_activations(xs[:, s], ys[:, t], source=("a", s, 2), target=("b", t, 3))
+        assert torch.allclose(m.weight, alone.weight, atol=1e-6) and m.metrics == alone.metrics
+        assert m.regularisation == alone.regularisation

@@ -220,9 +220,16 @@ def _centre(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return x - mu, mu
 
 
-def _ridge_weights(xc: torch.Tensor, yc: torch.Tensor, lambdas: Sequence[float]) -> list[torch.Tensor]:
-    """Ridge solutions ``(X'X + l I)^-1 X'Y`` for several ``l`` from one SVD of ``X`` (float64)."""
-    u, s, vh = torch.linalg.svd(xc, full_matrices=False)
+def _ridge_weights(xc: torch.Tensor, yc: torch.Tensor, lambdas: Sequence[float], cache: dict | None = None,
+                   key: str = "") -> list[torch.Tensor]:
+    """Ridge solutions ``(X'X + l I)^-1 X'Y`` for several ``l`` from one SVD of ``X`` (float64; kept in ``cache[key]``
+    when given, for fits of one ``X`` to several targets)."""
+    if cache is not None and key in cache:
+        u, s, vh = cache[key]
+    else:
+        u, s, vh = torch.linalg.svd(xc, full_matrices=False)
+        if cache is not None:
+            cache[key] = (u, s, vh)
     uty = u.T @ yc
     return [vh.T @ ((s / (s * s + lam))[:, None] * uty) for lam in lambdas]
 
@@ -233,11 +240,12 @@ def _r2(pred: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def fit_affine(x: Float[torch.Tensor, "n d_source"], y: Float[torch.Tensor, "n d_target"], ridge: float | None = None,
-               seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+               seed: int = 0, cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """Ridge least squares on centred activations: ``weight, bias, reg = fit_affine(x, y)``.
 
     ``ridge`` is relative to the mean eigenvalue of the centred ``x'x``; ``None`` picks it from
-    :data:`RIDGE_GRID` by the R2 on an inner 20% of ``x`` (then refits on all of ``x``).
+    :data:`RIDGE_GRID` by the R2 on an inner 20% of ``x`` (then refits on all of ``x``). ``cache``: a dict kept
+    across calls with the same ``x`` and ``seed`` (the SVDs of ``x`` are reused).
     """
     x, y = x.double(), y.double()
     xc, mu_x = _centre(x)
@@ -251,7 +259,7 @@ def fit_affine(x: Float[torch.Tensor, "n d_source"], y: Float[torch.Tensor, "n d
         yf, my = _centre(y[inner_fit])
         s_inner = float((xf * xf).sum()) / x.shape[1]
         scores = []
-        for alpha, w in zip(RIDGE_GRID, _ridge_weights(xf, yf, [a * s_inner for a in RIDGE_GRID])):
+        for alpha, w in zip(RIDGE_GRID, _ridge_weights(xf, yf, [a * s_inner for a in RIDGE_GRID], cache, "inner")):
             scores.append((_r2((x[inner_val] - mf) @ w + my, y[inner_val]), alpha))
         best_r2, alpha = max(scores)
         chosen = {"chosen_on": "inner validation split of the fit texts", "inner_r2": round(best_r2, 4),
@@ -260,7 +268,7 @@ def fit_affine(x: Float[torch.Tensor, "n d_source"], y: Float[torch.Tensor, "n d
         if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not math.isfinite(ridge) or ridge < 0:
             raise WorkbenchError(f"ridge must be a finite number >= 0, got {ridge!r}")
         alpha, chosen = float(ridge), {"chosen_on": "given"}
-    (w,) = _ridge_weights(xc, yc, [alpha * scale])
+    (w,) = _ridge_weights(xc, yc, [alpha * scale], cache, "outer")
     reg = {"ridge": alpha, "ridge_absolute": alpha * scale, "relative_to": "mean eigenvalue of centred X'X", **chosen,
            "underdetermined": x.shape[0] <= x.shape[1]}
     return w.float(), (mu_y - mu_x @ w).float(), reg
@@ -278,8 +286,8 @@ def fit_orthogonal(x: Float[torch.Tensor, "n d_source"], y: Float[torch.Tensor, 
     return w.float(), (mu_y - mu_x @ w).float(), {"scale": scale, "centred": True}
 
 
-def fit_weights(kind: str, x: torch.Tensor, y: torch.Tensor, ridge: float | None = None, seed: int = 0
-                ) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+def fit_weights(kind: str, x: torch.Tensor, y: torch.Tensor, ridge: float | None = None, seed: int = 0,
+                cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
     """``(weight, bias, regularisation)`` of a map of ``kind`` fitted on paired rows of ``x`` and ``y``."""
     check_kind(kind)
     if kind == "identity":
@@ -290,7 +298,7 @@ def fit_weights(kind: str, x: torch.Tensor, y: torch.Tensor, ridge: float | None
         if ridge is not None:
             raise WorkbenchError("ridge is for affine maps; an orthogonal map has no ridge")
         return fit_orthogonal(x, y)
-    return fit_affine(x, y, ridge, seed)
+    return fit_affine(x, y, ridge, seed, cache)
 
 
 def _mean_ci(values: torch.Tensor) -> dict[str, float]:
@@ -323,6 +331,7 @@ def fit_map_from_activations(
     seed: int = 0,
     hook: str = "resid_post",
     extra: dict[str, Any] | None = None,
+    cache: dict | None = None,
 ) -> ResidualMap:
     """Fit on a seeded share of the rows, report the fit on the rest; ``source``/``target`` are ``(name, layer, n_layers)``.
 
@@ -334,7 +343,7 @@ def fit_map_from_activations(
     if kind == "identity" and x.shape[1] != y.shape[1]:
         raise ShapeError(f"identity map needs equal widths; {source[0]} has d_model {x.shape[1]}, {target[0]} {y.shape[1]}")
     fit_idx, held_idx = split_indices(int(x.shape[0]), heldout, seed)
-    weight, bias, reg = fit_weights(kind, x[fit_idx], y[fit_idx], ridge, seed)
+    weight, bias, reg = fit_weights(kind, x[fit_idx], y[fit_idx], ridge, seed, cache)
     metrics = fit_metrics(weight, bias, x[held_idx], y[held_idx], y[fit_idx].float().mean(0))
     n_heldout = metrics.pop("n")
     metrics = {**metrics, "n_fit": int(fit_idx.numel()), "n_heldout": n_heldout, "heldout_share": heldout, "seed": seed,

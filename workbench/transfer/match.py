@@ -117,9 +117,11 @@ def match_from_activations(
     maps: dict[tuple[int, int], ResidualMap] = {}
     metrics: dict[str, Any] = {}
     for i, s in enumerate(s_layers):
+        cache: dict = {}  # one source layer's SVDs, shared by its fits to every target layer
         for j, t in enumerate(t_layers):
             m = fit_map_from_activations(xs[:, i], ys[:, j], kind=kind, source=(source[0], s, source[2]),
-                                         target=(target[0], t, target[2]), ridge=ridge, heldout=heldout, seed=seed, extra=extra)
+                                         target=(target[0], t, target[2]), ridge=ridge, heldout=heldout, seed=seed, extra=extra,
+                                         cache=cache)
             metrics = m.metrics
             r2[i, j], cos[i, j] = m.metrics["r2"], m.metrics["centred_cosine"]
             if keep_maps:
