@@ -288,7 +288,7 @@ def fit_orthogonal(x: Float[torch.Tensor, "n d_source"], y: Float[torch.Tensor, 
 
 def fit_weights(kind: str, x: torch.Tensor, y: torch.Tensor, ridge: float | None = None, seed: int = 0,
                 cache: dict | None = None) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
-    """``(weight, bias, regularisation)`` of a map of ``kind`` fitted on paired rows of ``x`` and ``y``."""
+    """``(weight, bias, regularisation)`` of a map of ``kind`` fitted on paired rows: ``fit_weights("orthogonal", x, y)``."""
     check_kind(kind)
     if kind == "identity":
         if x.shape[1] != y.shape[1]:
@@ -366,7 +366,7 @@ def excluded_texts(exclude: Any) -> set[str]:
 
 
 def check_fit_texts(prompts: Any, exclude: Any = None, minimum: int = MIN_PROMPTS) -> list[str]:
-    """Distinct fit texts (order kept), refusing too few or any that belongs to the excluded pairs, in one line."""
+    """Distinct fit texts (order kept), refusing too few or any of the excluded pairs': ``check_fit_texts(texts, title_pairs)``."""
     if prompts is None or isinstance(prompts, (str, bytes, dict)):
         raise DatasetError(f"fit texts must be a list of strings, got {type(prompts).__name__}")
     texts = list(dict.fromkeys(prompts))

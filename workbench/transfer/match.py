@@ -67,17 +67,17 @@ class LayerMatch:
         return [self.maps[p] for p in pairs]
 
     def best_source(self) -> dict[int, int]:
-        """``{target layer: best-fitting source layer}`` by held-out R2."""
+        """``{target layer: best-fitting source layer}`` by held-out R2: ``match.best_source()[20]``."""
         return {t: self.source_layers[int(self.r2[:, j].argmax())] for j, t in enumerate(self.target_layers)}
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per layer pair (source, target, r2, cosine, n_fit, n_heldout), for a table."""
+        """One row per layer pair (source, target, r2, cosine, n_fit, n_heldout): ``pandas.DataFrame(match.rows())``."""
         return [{"source_layer": s, "target_layer": t, "r2": round(float(self.r2[i, j]), 4), "cosine": round(float(self.cosine[i, j]), 4),
                  "n_fit": self.n_fit, "n_heldout": self.n_heldout}
                 for i, s in enumerate(self.source_layers) for j, t in enumerate(self.target_layers)]
 
     def figure(self, metric: str = "r2") -> Any:
-        """A plotly heatmap of the held-out ``r2`` (or ``cosine``), source layers down, target layers across."""
+        """A plotly heatmap of the held-out ``r2`` (or ``cosine``), source layers down, target layers across: ``match.figure().show()``."""
         import plotly.graph_objects as go
 
         if metric not in ("r2", "cosine"):
@@ -107,7 +107,10 @@ def match_from_activations(
     keep_maps: bool = True,
     extra: dict[str, Any] | None = None,
 ) -> LayerMatch:
-    """Fit a map for every layer pair of already collected activations; ``source``/``target``: ``(name, layers, n_layers)``."""
+    """Fit a map for every layer pair of already collected activations; ``source``/``target``: ``(name, layers, n_layers)``.
+
+    >>> match = match_from_activations(xs, ys, source=("qwen", range(24), 24), target=("smol", [18, 22, 26], 30))
+    """
     check_kind(kind)
     s_layers, t_layers = list(source[1]), list(target[1])
     if xs.shape[:2] != (ys.shape[0], len(s_layers)) or ys.shape[1] != len(t_layers):
