@@ -95,7 +95,7 @@ def test_transfer_model_all_checks_shapes_before_running(monkeypatch, tmp_path):
     shapes = {"wbtest-src": ("30", "576"), "wbtest-same": ("30", "576"), "wbtest-wide": ("18", "640")}
     monkeypatch.setattr(across, "_shape", shapes.get)
     across.check_transfer_shapes("wbtest-src", ["wbtest-same", "wbtest-unknown"])  # unknown shapes are not refused
-    cfg = ReproduceConfig("transfer", out=str(tmp_path), source_model="wbtest-src", **SMALL)
+    cfg = ReproduceConfig("transfer", out=str(tmp_path), source_model="wbtest-src", map="identity", **SMALL)
     ran: list[str] = []
     monkeypatch.setattr(across, "installed_models", lambda models, say: (list(models), {}))
     with pytest.raises(wb.WorkbenchError, match=r"wbtest-wide \(18 layers, d_model 640\)"):

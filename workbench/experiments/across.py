@@ -67,8 +67,9 @@ def check_transfer_shapes(source: str, targets: Sequence[str]) -> None:
     bad = [f"{t} ({s[0]} layers, d_model {s[1]})" for t in targets if (s := _shape(t)) is not None and s != src]
     if bad:
         raise WorkbenchError(
-            f"transfer --model all --source-model {source} ({src[0]} layers, d_model {src[1]}): directions only fit "
-            f"models of the same shape, and these differ: {'; '.join(bad)}. Pass --model with matching models."
+            f"transfer --model all --source-model {source} --map identity ({src[0]} layers, d_model {src[1]}): the identity "
+            f"map only fits models of the same shape, and these differ: {'; '.join(bad)}. Leave out --map identity "
+            "(affine maps are fitted) or pass --model with matching models."
         )
 
 
@@ -169,7 +170,7 @@ def run_across_models(config: ReproduceConfig, models: Sequence[str] | None = No
     runnable, skipped = installed_models(models, say)
     if not runnable:
         raise WorkbenchError("--model all: none of the models is installed (" + "; ".join(skipped.values()) + ")")
-    if config.experiment == "transfer" and config.source_model:
+    if config.experiment == "transfer" and config.source_model and config.map == "identity":  # other maps fit any shapes
         check_transfer_shapes(config.source_model, runnable)
     say(f"{config.experiment} on {len(runnable)} model(s) in turn: {', '.join(runnable)}")
     start = time.time()
