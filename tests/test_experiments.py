@@ -283,3 +283,26 @@ def test_sweep_command_writes_selection_beside_direction(tiny, tmp_path, capsys,
     assert len(json.loads((out / "heatmap.json").read_text())) == 4
     assert f"selected: layer {selection['layer']}, strength" in capsys.readouterr().out
     assert _cli(argv) == 0 and "0 units run, 5 resumed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cfg", [
+    ReproduceConfig("estimators", model="tiny-random-llama", quick=True, instructions=[TITLE, "detectable_format:number_highlighted_sections"],
+                    methods=["mean", "probe"], sizes=[8, 16]),
+    ReproduceConfig("keywords", model="tiny-random-llama", words=["New York", "ocean"], max_ppl_ratio=None, pack=False,
+                    strengths=[1.0, 2.5], threads=1, include_only=True, max_degeneration_gain=0.3, rule="paper"),
+    ReproduceConfig("length", model="tiny-random-llama", targets=[1, 3], n_train=12, layers=[1, 2], seed=3, search="fast"),
+])
+def test_published_command_line_reproduces_the_run_config(cfg, monkeypatch, tmp_path):
+    """The command a published page names parses back into the same run configuration."""
+    import shlex
+
+    import workbench.experiments.reproduce as reproduce_module
+    from workbench.cli import main
+    from workbench.experiments.reproduce import command_line
+
+    seen = []
+    monkeypatch.setattr(reproduce_module, "run_reproduce", lambda c, **k: seen.append(c) or tmp_path)
+    (tmp_path / "results.md").write_text("table\n")
+    argv = shlex.split(command_line(cfg))[1:] + ["--out", cfg.out]
+    assert main(argv) == 0
+    assert seen[0] == cfg

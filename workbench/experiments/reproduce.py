@@ -577,7 +577,8 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None,
         "torch": torch.__version__, "python": platform.python_version(), "threads": torch.get_num_threads(), "files": files,
     })
     if cfg.publish:
-        files["published"] = str(_publish(cfg, out_dir, model_info(model).name, elapsed, result, (load_start, _load())))
+        files["published"] = str(_publish(cfg, out_dir, model_info(model).name, elapsed, result, (load_start, _load()),
+                                          given=config))
         write_json_atomic(out_dir / "config.json", {**json.loads((out_dir / "config.json").read_text()), "files": files})
     say(f"Done in {elapsed:.0f} s: {out_dir}")
     return out_dir
@@ -599,17 +600,43 @@ def _per_instruction_columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     return [*ident, *tail]
 
 
+# fields a command line does not need to repeat (where it writes, which device) or that it spells its own way
+_NOT_IN_COMMAND = {"experiment", "model", "out", "publish", "device"}
+_FLAG_NAMES = {"instructions": "--instruction", "words": "--word", "pack": "--no-pack"}
+
+
+def command_line(cfg: ReproduceConfig) -> str:
+    """The ``workbench reproduce`` command that makes ``cfg`` (as the user gave it: the fields that differ from the
+    defaults), so a published page names the run that produced it."""
+    import shlex
+    from dataclasses import fields as dc_fields
+
+    parts = ["workbench", "reproduce", cfg.experiment, "--model", shlex.quote(cfg.model)]
+    for f in dc_fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in _NOT_IN_COMMAND or value == f.default:
+            continue
+        flag = _FLAG_NAMES.get(f.name, "--" + f.name.replace("_", "-"))
+        if isinstance(value, bool):
+            parts.append(flag)  # a switch (--quick, --include-only) or, for pack=False, --no-pack
+        elif value is None:
+            parts += [flag, "none"]  # a rule limit switched off
+        elif f.name in ("instructions", "words"):
+            parts += [part for v in value for part in (flag, shlex.quote(str(v)))]
+        elif isinstance(value, (list, tuple)):
+            parts += [flag, ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)]
+        else:
+            parts += [flag, shlex.quote(f"{value:g}" if isinstance(value, float) else str(value))]
+    return " ".join(parts)
+
+
 def _publish(cfg: ReproduceConfig, out_dir: Path, model_name: str, elapsed: float, result: dict[str, Any],
-             load: tuple[float | None, float | None]) -> Path:
+             load: tuple[float | None, float | None], given: ReproduceConfig | None = None) -> Path:
     """One commit-ready Markdown page (results, extra tables, sweep) at ``<publish>/<model>/<experiment>.md``."""
     parts = [(out_dir / "results.md").read_text(encoding="utf-8")]
     parts += [(out_dir / f"{name}.md").read_text(encoding="utf-8") for name in result.get("extra_tables", {})]
     parts.append((out_dir / "sweep.md").read_text(encoding="utf-8"))
-    flags = " --quick" if cfg.quick else ""
-    cmd = f"workbench reproduce {cfg.experiment} --model {cfg.model}{flags}" + (f" --threads {cfg.threads}" if cfg.threads else "")
-    cmd += f" --eval-data {cfg.eval_data}" if cfg.eval_data else ""
-    cmd += f" --search fast --search-keep {cfg.search_keep}" if cfg.search == "fast" else ""
-    cmd += " --no-pack" if not cfg.pack else ""
+    cmd = command_line(given or cfg)
     head = (f"<!-- written by `{cmd} --publish ...`; do not edit by hand -->\n\n"
             f"Command: `{cmd}`. Wall time: {elapsed / 60:.1f} min on {torch.get_num_threads()} torch thread(s), "
             f"{os.cpu_count()} CPU cores, load average {load[0]} at the start and {load[1]} at the end "
