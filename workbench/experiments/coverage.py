@@ -13,7 +13,7 @@ results page), and the run fails in one line only when the file covers none of t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from ..data import PairDataset, PairRow
 from ..errors import DatasetError
@@ -56,18 +56,16 @@ def keyword_tasks(cfg: ReproduceConfig) -> tuple[str, ...]:
 def evaluation_sets(cfg: ReproduceConfig) -> list[EvaluationSet]:
     """Every set the experiment of ``cfg`` evaluates, in table order (presets filled in)."""
     exp = cfg.experiment
-    if exp in ("format", "composition", "transfer"):
+    if exp in ("format", "composition", "transfer", "estimators"):
         from .reproduce import format_target_names
 
-        ids = _preset(cfg, "instructions") or [TITLE_ID]
-        return [EvaluationSet(name, iid, kwargs) for name, iid, kwargs in format_target_names(ids)]
+        ids = _preset(cfg, "instructions") or ([] if exp == "estimators" else [TITLE_ID])
+        sets = [EvaluationSet(name, iid, kwargs) for name, iid, kwargs in format_target_names(ids)]
+        if exp == "estimators":  # estimators also compares keyword inclusion directions
+            sets += [EvaluationSet(f"include:{w}", KEYWORD_TASKS["include"], {"keywords": [w]}) for w in cfg.words or []]
+        return sets
     if exp == "length":
         return [EvaluationSet(f"length<={n}", LENGTH_ID, length_kwargs(n)) for n in _preset(cfg, "targets") or [1, 3]]
-    if exp == "estimators":
-        from .reproduce import format_target_names
-
-        sets = [EvaluationSet(name, iid, kwargs) for name, iid, kwargs in format_target_names(_preset(cfg, "instructions") or [])]
-        return sets + [EvaluationSet(f"include:{w}", KEYWORD_TASKS["include"], {"keywords": [w]}) for w in cfg.words or []]
     if exp == "keywords":
         return [EvaluationSet(f"{task}:{w}", KEYWORD_TASKS[task], {KEYWORD_ARGS[task]: [w]})
                 for w in _preset(cfg, "words") or [] for task in keyword_tasks(cfg)]
@@ -117,7 +115,3 @@ def check_coverage(cfg: ReproduceConfig, data: PairDataset | None, schema: str |
         raise DatasetError(f"{cfg.eval_data}: no row checks any instruction this {cfg.experiment} run evaluates ({wanted})")
     return Coverage(covered=tuple(covered), skipped=tuple(skipped))
 
-
-def covered_only(items: Sequence[Any], names: Sequence[str], coverage: Coverage | None) -> list[Any]:
-    """``items`` whose name (same position in ``names``) the coverage keeps (all of them without a coverage)."""
-    return [item for item, name in zip(items, names) if coverage is None or name in coverage]
