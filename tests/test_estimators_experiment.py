@@ -61,3 +61,21 @@ def test_estimators_bad_input_is_one_line_before_any_work(tmp_path, capsys, args
     assert not (tmp_path / "o").exists()
     assert main(["reproduce", "format", "--methods", "mean", "--model", "tiny-random-llama", "--out", str(tmp_path / "o")]) == 2
     assert "--methods is for the estimators experiment" in capsys.readouterr().err
+
+
+def test_estimators_word_alone_compares_that_word_only(tiny, tmp_path):
+    """``--word W`` without ``--instruction`` runs W's estimators only (not the preset's title beside it), and the
+    published command parses back into the same run."""
+    from workbench.experiments.coverage import evaluation_sets
+    from workbench.experiments.reproduce import command_line
+
+    cfg = ReproduceConfig("estimators", words=["music"], mode="add", methods=["mean", "random"], sizes=[8], strengths=[1.0],
+                          out=str(tmp_path / "r"), **SMALL)
+    assert not cfg.resolved(4).instructions and [s.name for s in evaluation_sets(cfg)] == ["include:music"]
+    both = ReproduceConfig("estimators", quick=True, words=["music"], instructions=[TITLE])
+    assert [s.name for s in evaluation_sets(both)] == [TITLE, "include:music"] and both.resolved(4).instructions == [TITLE]
+    assert ReproduceConfig("estimators", quick=True).resolved(4).instructions == [TITLE]  # the preset without --word
+    assert "--instruction" not in command_line(cfg) and "--word music" in command_line(cfg)
+    out = run_reproduce(cfg, say=lambda s: None, model=tiny)
+    assert {r["instruction_id"] for r in _rows(out / "results.csv")} == {"include:music"}
+    assert set(json.loads((out / "config.json").read_text())["selection"]) <= {"include:music@mean", "include:music@random"}

@@ -129,6 +129,8 @@ class ReproduceConfig:
                 raise WorkbenchError(f"{name} is a share of repeated 3-grams in [0, 1] (or None), got {value}")
         preset = PRESETS[self.experiment][self.quick]
         filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
+        if self.experiment == "estimators" and self.words and self.instructions is None:
+            filled.pop("instructions", None)  # --word alone compares the words' estimators, without the preset's title
         if self.eval_data and self.n_eval is None:
             filled.pop("n_eval", None)  # an evaluation file is used whole unless --n-eval caps it
         cfg = replace(self, **filled)

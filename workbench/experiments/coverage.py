@@ -59,7 +59,8 @@ def evaluation_sets(cfg: ReproduceConfig) -> list[EvaluationSet]:
     if exp in ("format", "composition", "transfer", "estimators"):
         from .reproduce import format_target_names
 
-        ids = _preset(cfg, "instructions") or ([] if exp == "estimators" else [TITLE_ID])
+        words_only = exp == "estimators" and cfg.words and cfg.instructions is None  # as ReproduceConfig.resolved
+        ids = (None if words_only else _preset(cfg, "instructions")) or ([] if exp == "estimators" else [TITLE_ID])
         sets = [EvaluationSet(name, iid, kwargs) for name, iid, kwargs in format_target_names(ids)]
         if exp == "estimators":  # estimators also compares keyword inclusion directions
             sets += [EvaluationSet(f"include:{w}", KEYWORD_TASKS["include"], {"keywords": [w]}) for w in cfg.words or []]
