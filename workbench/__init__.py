@@ -33,12 +33,12 @@ from .errors import (
 )
 from .generation import generate
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, PromptFormatter, load_model, model_info
-from .steering import SteeringSpec, steer
+from .steering import Condition, SteeringSpec, steer
 from .transfer import LayerMatch, ResidualMap, fit_map, load_maps, match_layers, save_maps, transfer_direction
 from .version import __version__
 
 __all__ = [
-    "BUILTIN_MODELS", "DEFAULT_MODEL", "FAMILIES", "DatasetError", "Direction", "LayerDirection",
+    "BUILTIN_MODELS", "Condition", "DEFAULT_MODEL", "FAMILIES", "DatasetError", "Direction", "LayerDirection",
     "LayerError", "LayerMatch", "ModelNotFoundError", "PairDataset", "PairRow", "PromptFormatter", "ResidualMap", "ShapeError",
     "SteeringError", "SteeringSpec", "VectorFileError", "WorkbenchError", "__version__",
     "collect_activations", "compute_direction", "compute_directions", "compute_directions_by_method", "fit_map", "generate", "list_instructions",

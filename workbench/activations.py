@@ -35,15 +35,23 @@ def shared_prefix_length(ids: torch.Tensor, lengths: torch.Tensor, keep: int) ->
 
 
 class _Grabber:
-    """Keeps the activations at given positions of each requested layer; stops after the deepest."""
+    """Keeps the activations at given positions of each requested layer; stops after the deepest.
 
-    def __init__(self, layers: Sequence[int], rows: torch.Tensor, pos: torch.Tensor) -> None:
+    With ``weights`` (``[batch, k]``, 0 on padding) it keeps their weighted mean over the positions instead."""
+
+    def __init__(self, layers: Sequence[int], rows: torch.Tensor, pos: torch.Tensor,
+                 weights: torch.Tensor | None = None) -> None:
         self.layers, self.last = list(layers), max(layers)
         self.rows, self.pos = rows, pos  # [batch, 1] and [batch, k]: which tokens to keep
+        self.weights = weights
         self.got: dict[int, torch.Tensor] = {}
 
     def take(self, slot: int, x: torch.Tensor) -> None:
-        self.got[slot] = x[self.rows, self.pos.to(x.device)].float().cpu()
+        kept = x[self.rows, self.pos.to(x.device)].float().cpu()
+        if self.weights is not None:
+            w = self.weights[..., None]
+            kept = (kept * w).sum(1, keepdim=True) / w.sum(1, keepdim=True)
+        self.got[slot] = kept
         if self.layers[slot] == self.last:
             raise _Done  # later blocks and the unembedding are not needed
 
@@ -57,7 +65,11 @@ def _extraction_model(model: Any, hook: str, backend: str) -> torch.nn.Module | 
     """The plain weight-sharing model when it computes exactly what the bridge would, else None."""
     check_backend(backend, EXTRACTION_BACKENDS)
     plain = None
-    if backend != "bridge" and hook in ("resid_post", "resid_pre") and not model_info(model).active_specs:
+    info = model_info(model)
+    if info.conditional and not info.gates_open:
+        raise WorkbenchError("collect_activations inside a conditional steer block: conditional steering is decided per "
+                             "prompt by generate(); collect activations outside the block")
+    if backend != "bridge" and hook in ("resid_post", "resid_pre") and not info.active_specs:
         plain = plain_model_for(model)
     if backend == "plain" and plain is None:
         raise WorkbenchError(
@@ -139,18 +151,41 @@ def collect_activations(
     batch_size = check_count("batch_size", batch_size)
     k = 1 if last_k is None else check_count("last_k", last_k)
     formatter = model_info(model).formatter
-    plain = _extraction_model(model, hook, backend)
-    d_model = int(model.cfg.d_model)
-    out = torch.empty(len(prompts), len(layers), k, d_model, dtype=torch.float32)
-    device = model.cfg.device
-    # Tokenise once and batch prompts of similar length together (less padding); results go
-    # back to the caller's order.
     all_ids, all_mask = formatter.encode(prompts, padding_side="right", formatted=formatted, max_tokens=int(model.cfg.n_ctx),
                                          truncate=truncate, parse_special_tokens=parse_special_tokens)
+    out = activations_of_tokens(model, all_ids, all_mask, layers, hook, k, batch_size=batch_size, backend=backend,
+                                share_prefix=share_prefix, progress=progress)
+    return out[:, :, 0] if last_k is None else out
+
+
+@torch.no_grad()
+def activations_of_tokens(
+    model: Any,
+    all_ids: torch.Tensor,
+    all_mask: torch.Tensor,
+    layers: Sequence[int],
+    hook: str = "resid_post",
+    k: int = 1,
+    reduce: str = "last",
+    batch_size: int = 16,
+    backend: str = "auto",
+    share_prefix: bool = True,
+    progress: bool = False,
+) -> Float[torch.Tensor, "n_prompts n_layers k d_model"]:
+    """Activations of right-padded token rows (``[n, seq]`` ids and mask) at ``layers``: the last ``k`` real tokens of
+    each row (``reduce="last"``), or the mean over all its real tokens (``reduce="mean"``, ``k`` = 1)."""
+    if reduce not in ("last", "mean"):
+        raise WorkbenchError(f"unknown reduce {reduce!r}; choose 'last' or 'mean'")
+    plain = _extraction_model(model, hook, backend)
+    d_model = int(model.cfg.d_model)
+    n = all_ids.shape[0]
+    out = torch.empty(n, len(layers), k, d_model, dtype=torch.float32)
+    device = model.cfg.device
+    # batch prompts of similar length together (less padding); results go back to the caller's order
     all_lengths = all_mask.sum(1)
     if k > int(all_lengths.min()):
         raise ShapeError(f"last_k={k} is longer than the shortest prompt ({int(all_lengths.min())} tokens)")
-    shared = shared_prefix_length(all_ids, all_lengths, k) if plain is not None and share_prefix else 0
+    shared = shared_prefix_length(all_ids, all_lengths, k) if plain is not None and share_prefix and reduce == "last" else 0
     prefix_cache = None
     if shared >= MIN_SHARED_PREFIX:
         prefix_cache = _prefix_cache(plain, all_ids[:1, :shared].to(device), max(layers))
@@ -158,15 +193,19 @@ def collect_activations(
         shared = 0
     order = torch.argsort(all_lengths, stable=True)
     names = [hook_name(layer, hook) for layer in layers]
-    bar = tqdm(total=len(prompts), desc=f"activations ({hook})", disable=not progress, unit="prompt")
-    for start in range(0, len(prompts), batch_size):
+    bar = tqdm(total=n, desc=f"activations ({hook})", disable=not progress, unit="prompt")
+    for start in range(0, n, batch_size):
         idx = order[start : start + batch_size]
         lengths = all_lengths[idx]
         width = int(lengths.max())
         ids, mask = all_ids[idx, shared:width].to(device), all_mask[idx, :width].to(device)
-        # positions [batch, k]: the last k real tokens of each row (after the shared prefix)
-        pos = lengths[:, None] - shared - k + torch.arange(k)[None, :]
-        grab = _Grabber(layers, torch.arange(len(idx))[:, None], pos)
+        if reduce == "mean":
+            pos = torch.arange(width)[None, :].expand(len(idx), width)
+            grab = _Grabber(layers, torch.arange(len(idx))[:, None], pos, weights=all_mask[idx, :width].float())
+        else:
+            # positions [batch, k]: the last k real tokens of each row (after the shared prefix)
+            pos = lengths[:, None] - shared - k + torch.arange(k)[None, :]
+            grab = _Grabber(layers, torch.arange(len(idx))[:, None], pos)
         if plain is not None:
             past = None
             if prefix_cache is not None:
@@ -176,7 +215,7 @@ def collect_activations(
                 _run_plain(plain, ids, mask, past)
         else:
             try:
-                with forward_hooks(model, [(n, lambda x, j=j: grab.take(j, x)) for j, n in enumerate(names)]):
+                with forward_hooks(model, [(n_, lambda x, j=j: grab.take(j, x)) for j, n_ in enumerate(names)]):
                     model(ids, attention_mask=mask, return_type=None)
             except _Done:
                 pass
@@ -184,7 +223,7 @@ def collect_activations(
             out[idx, j] = acts
         bar.update(len(idx))
     bar.close()
-    return out[:, :, 0] if last_k is None else out
+    return out
 
 
 def _prefix_cache(plain: torch.nn.Module, prefix: torch.Tensor, deepest: int) -> Any:

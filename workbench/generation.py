@@ -19,6 +19,7 @@ from .models.plain import plain_model_for
 from .models.from_layer import LayerStart, first_changed_layer
 from .static_decoding import Capture, next_tokens, static_decoder_for
 from .steering.bridge import steer_rows
+from .steering.condition import gated_row_specs, gates_open
 from .steering.plain import hf_steer, hf_steer_rows
 from .steering.rows import RowSteering
 from .steering.spec import GenerationState, SteeringSpec
@@ -194,11 +195,21 @@ def generate(
         if not isinstance(prompt_states, PromptStates) or not prompt_states.keep_hidden:
             raise WorkbenchError("generate: prompt_states must be a PromptStates(keep_hidden=True) (prompt passes start "
                                  f"from its kept hidden states), got {prompt_states!r:.60}")
+    n_ctx = int(model.cfg.n_ctx)
+    n_layers = int(model.cfg.n_layers)
+    if max_new_tokens >= n_ctx:
+        raise ContextLengthError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the {n_ctx}-token context")
+    rows = info.formatter.token_rows(prompts, formatted, n_ctx - max_new_tokens, truncate, parse_special_tokens)
+    if row_steering is not None and (isinstance(row_steering, (str, bytes)) or len(row_steering) != len(prompts)):
+        raise WorkbenchError(f"generate: row_steering needs one list of specs per prompt ({len(prompts)}), "
+                             f"got {len(row_steering) if not isinstance(row_steering, (str, bytes)) else 'a string'}")
+    conditional = list(info.conditional)
+    if conditional:  # open steer(condition=...) blocks: each row's own prompt decides, before anything is decoded
+        with gates_open(model):
+            gated = gated_row_specs(model, prompts, rows, conditional)
+        row_steering = [g + list(u) for g, u in zip(gated, row_steering or [[] for _ in prompts])]
     rows_steering = None
     if row_steering is not None:
-        if isinstance(row_steering, (str, bytes)) or len(row_steering) != len(prompts):
-            raise WorkbenchError(f"generate: row_steering needs one list of specs per prompt ({len(prompts)}), "
-                                 f"got {len(row_steering) if not isinstance(row_steering, (str, bytes)) else 'a string'}")
         rows_steering = RowSteering.build(row_steering, int(model.cfg.n_layers), int(model.cfg.d_model))
     bridge_only_rows = rows_steering is not None and any(h not in ("resid_post", "resid_pre") for h, _ in rows_steering.sites())
     plain = plain_model_for(model) if backend != "bridge" and not (bridge_only_rows and backend == "auto") else None
@@ -209,71 +220,67 @@ def generate(
             f"backend={backend!r} cannot reproduce the active hooks (resid_mid steering or hooks added by hand); "
             "use backend='bridge'"
         )
-    n_ctx = int(model.cfg.n_ctx)
-    n_layers = int(model.cfg.n_layers)
-    if max_new_tokens >= n_ctx:
-        raise ContextLengthError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in the {n_ctx}-token context")
-    rows = info.formatter.token_rows(prompts, formatted, n_ctx - max_new_tokens, truncate, parse_special_tokens)
     tok = model.tokenizer
     eos = eos_token_ids(model)
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos[0]
     device = model.cfg.device
     results: list[list[int]] = []
     starts = range(0, len(prompts), batch_size)
-    for start in tqdm(starts, desc="generate", disable=not progress, unit="batch"):
-        ids, mask = info.formatter.pad(rows[start : start + batch_size], padding_side="left")
-        ids, mask = ids.to(device), mask.to(device)
-        prompt_len = ids.shape[1]
-        hf_kwargs = dict(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
-            temperature=temperature if do_sample else None, top_p=top_p if do_sample else None, top_k=None,
-            eos_token_id=eos, pad_token_id=pad, use_cache=True, min_new_tokens=min_new_tokens or None,
-        )
-        if do_sample:
-            torch.manual_seed(seed + start)
-        batch_rows = None if rows_steering is None else rows_steering.rows(start, start + batch_size)
-        # a greedy per-row batch, even one whose rows are all unsteered (a packed call of the unsteered conditions):
-        # the eager loop, which drops rows as they end and records what scoring their perplexity needs
-        packed = use_cache and plain is not None and batch_rows is not None and not do_sample  # (plain is None on "bridge")
-        if batch_rows is not None and not batch_rows and not (packed and backend != "compiled"):
-            batch_rows = None  # no row of this batch is steered on its own
-        capture = None
-        if use_cache and backend == "compiled" or packed:
-            # compiled, or a greedy per-row batch: the workbench's own loop, which drops rows as they end (eager)
-            gen = torch.Generator().manual_seed(seed + start) if do_sample else None
-            specs = (info.active_specs if batch_rows is None
-                     else [list(info.active_specs) + list(row) for row in batch_rows.specs])
-            eager = backend != "compiled"  # a packed batch on the plain path (the compiled step keeps fixed shapes)
-            if eager and unsteered_states is not None:
-                capture = Capture([first_changed_layer(row) for row in specs], scored=[not row for row in specs])
-            out = static_decoder_for(model).generate(
-                ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad,
-                lambda logits: _pick(logits, do_sample, temperature, top_p, gen), per_row=batch_rows is not None,
-                eager=eager, capture=capture, prompt_states=prompt_states if eager else None, states_model=plain,
+    with gates_open(model) if conditional else contextlib.nullcontext():
+        for start in tqdm(starts, desc="generate", disable=not progress, unit="batch"):
+            ids, mask = info.formatter.pad(rows[start : start + batch_size], padding_side="left")
+            ids, mask = ids.to(device), mask.to(device)
+            prompt_len = ids.shape[1]
+            hf_kwargs = dict(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                temperature=temperature if do_sample else None, top_p=top_p if do_sample else None, top_k=None,
+                eos_token_id=eos, pad_token_id=pad, use_cache=True, min_new_tokens=min_new_tokens or None,
             )
-        elif use_cache and plain is not None:
-            with contextlib.ExitStack() as stack:
-                if info.active_specs:
-                    stack.enter_context(hf_steer(plain, *info.active_specs, prompt_len=prompt_len))
-                if batch_rows is not None:
-                    stack.enter_context(hf_steer_rows(plain, batch_rows, prompt_len=prompt_len))
-                out = plain.generate(**hf_kwargs)
-        else:
-            with generation_state(model, prompt_len, use_cache), (
-                steer_rows(model, batch_rows) if batch_rows is not None else contextlib.nullcontext()
-            ):
-                if use_cache:
-                    out = model.original_model.generate(**hf_kwargs)
-                else:
-                    out = _reference_loop(
-                        model, ids, mask, max_new_tokens, min_new_tokens, eos, pad, do_sample, temperature, top_p,
-                        seed + start,
-                    )
-        for j, row in enumerate(out[:, prompt_len:].tolist()):
-            cut = next((i for i, t in enumerate(row) if t in eos), len(row))
-            results.append(row[:cut])
-            if unsteered_states is not None:
-                unsteered_states.append(None if capture is None else _layer_start(capture, j, row[:cut], n_layers))
+            if do_sample:
+                torch.manual_seed(seed + start)
+            batch_rows = None if rows_steering is None else rows_steering.rows(start, start + batch_size)
+            # a greedy per-row batch, even one whose rows are all unsteered (a packed call of the unsteered conditions):
+            # the eager loop, which drops rows as they end and records what scoring their perplexity needs
+            packed = use_cache and plain is not None and batch_rows is not None and not do_sample  # (plain is None on "bridge")
+            if batch_rows is not None and not batch_rows and not (packed and backend != "compiled"):
+                batch_rows = None  # no row of this batch is steered on its own
+            capture = None
+            if use_cache and backend == "compiled" or packed:
+                # compiled, or a greedy per-row batch: the workbench's own loop, which drops rows as they end (eager)
+                gen = torch.Generator().manual_seed(seed + start) if do_sample else None
+                specs = (info.active_specs if batch_rows is None
+                         else [list(info.active_specs) + list(row) for row in batch_rows.specs])
+                eager = backend != "compiled"  # a packed batch on the plain path (the compiled step keeps fixed shapes)
+                if eager and unsteered_states is not None:
+                    capture = Capture([first_changed_layer(row) for row in specs], scored=[not row for row in specs])
+                out = static_decoder_for(model).generate(
+                    ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad,
+                    lambda logits: _pick(logits, do_sample, temperature, top_p, gen), per_row=batch_rows is not None,
+                    eager=eager, capture=capture, prompt_states=prompt_states if eager else None, states_model=plain,
+                )
+            elif use_cache and plain is not None:
+                with contextlib.ExitStack() as stack:
+                    if info.active_specs:
+                        stack.enter_context(hf_steer(plain, *info.active_specs, prompt_len=prompt_len))
+                    if batch_rows is not None:
+                        stack.enter_context(hf_steer_rows(plain, batch_rows, prompt_len=prompt_len))
+                    out = plain.generate(**hf_kwargs)
+            else:
+                with generation_state(model, prompt_len, use_cache), (
+                    steer_rows(model, batch_rows) if batch_rows is not None else contextlib.nullcontext()
+                ):
+                    if use_cache:
+                        out = model.original_model.generate(**hf_kwargs)
+                    else:
+                        out = _reference_loop(
+                            model, ids, mask, max_new_tokens, min_new_tokens, eos, pad, do_sample, temperature, top_p,
+                            seed + start,
+                        )
+            for j, row in enumerate(out[:, prompt_len:].tolist()):
+                cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+                results.append(row[:cut])
+                if unsteered_states is not None:
+                    unsteered_states.append(None if capture is None else _layer_start(capture, j, row[:cut], n_layers))
     if return_tokens:
         return results
     return [tok.decode(r, skip_special_tokens=True) for r in results]

@@ -11,7 +11,7 @@ from ..errors import WorkbenchError
 from ..models import DEFAULT_MODEL
 from .sweep import DEFAULT_MAX_DEGENERATION_GAIN, default_layers
 
-EXPERIMENTS: tuple[str, ...] = ("format", "length", "keywords", "composition", "transfer", "estimators")
+EXPERIMENTS: tuple[str, ...] = ("format", "length", "keywords", "composition", "transfer", "estimators", "conditional")
 LENGTH_ID = "length_constraints:number_sentences"
 TITLE_ID = "detectable_format:title"
 
@@ -57,6 +57,14 @@ PRESETS["estimators"] = {
                 methods=["mean", "pca", "probe", "whitened", "random"], sizes=[8, 16, 32, 64, 120]),
     True: dict(instructions=[TITLE_ID], n_train=32, n_val=10, n_eval=40, max_new_tokens=48, strengths=[0.5, 1.0],
                methods=["mean", "pca", "probe", "whitened", "random"], sizes=[8, 16, 32]),
+}
+# conditional: steer only prompts whose projection passes a gate chosen on validation (format instructions; --word for a
+# keyword's inclusion, in add mode: pass --strengths 1,2,4 as the keywords experiment does)
+PRESETS["conditional"] = {
+    False: dict(instructions=[TITLE_ID, "detectable_format:number_highlighted_sections"], n_train=120, n_val=40, n_eval=40,
+                max_new_tokens=128, strengths=[0.5, 1.0]),
+    True: dict(instructions=[TITLE_ID, "detectable_format:number_highlighted_sections"], n_train=20, n_val=10, n_eval=40,
+               max_new_tokens=48, strengths=[0.5, 0.75, 1.0]),
 }
 
 
@@ -129,7 +137,7 @@ class ReproduceConfig:
                 raise WorkbenchError(f"{name} is a share of repeated 3-grams in [0, 1] (or None), got {value}")
         preset = PRESETS[self.experiment][self.quick]
         filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
-        if self.experiment == "estimators" and self.words and self.instructions is None:
+        if self.experiment in ("estimators", "conditional") and self.words and self.instructions is None:
             filled.pop("instructions", None)  # --word alone compares the words' estimators, without the preset's title
         if self.eval_data and self.n_eval is None:
             filled.pop("n_eval", None)  # an evaluation file is used whole unless --n-eval caps it

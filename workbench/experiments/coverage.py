@@ -56,13 +56,14 @@ def keyword_tasks(cfg: ReproduceConfig) -> tuple[str, ...]:
 def evaluation_sets(cfg: ReproduceConfig) -> list[EvaluationSet]:
     """Every set the experiment of ``cfg`` evaluates, in table order (presets filled in)."""
     exp = cfg.experiment
-    if exp in ("format", "composition", "transfer", "estimators"):
+    if exp in ("format", "composition", "transfer", "estimators", "conditional"):
         from .reproduce import format_target_names
 
-        words_only = exp == "estimators" and cfg.words and cfg.instructions is None  # as ReproduceConfig.resolved
-        ids = (None if words_only else _preset(cfg, "instructions")) or ([] if exp == "estimators" else [TITLE_ID])
+        gated = exp in ("estimators", "conditional")  # these also take keyword inclusion directions (--word)
+        words_only = gated and cfg.words and cfg.instructions is None  # as ReproduceConfig.resolved
+        ids = (None if words_only else _preset(cfg, "instructions")) or ([] if gated else [TITLE_ID])
         sets = [EvaluationSet(name, iid, kwargs) for name, iid, kwargs in format_target_names(ids)]
-        if exp == "estimators":  # estimators also compares keyword inclusion directions
+        if gated:
             sets += [EvaluationSet(f"include:{w}", KEYWORD_TASKS["include"], {"keywords": [w]}) for w in cfg.words or []]
         return sets
     if exp == "length":

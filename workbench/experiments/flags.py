@@ -11,9 +11,9 @@ from ..errors import WorkbenchError
 
 # config field -> (its flag, the experiments that read it)
 EXPERIMENT_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "instructions": ("--instruction", ("format", "composition", "transfer", "estimators")),
+    "instructions": ("--instruction", ("format", "composition", "transfer", "estimators", "conditional")),
     "targets": ("--targets", ("length", "composition")),
-    "words": ("--word/--words-file", ("keywords", "estimators")),
+    "words": ("--word/--words-file", ("keywords", "estimators", "conditional")),
     "methods": ("--methods", ("estimators",)),
     "sizes": ("--sizes", ("estimators",)),
     "source_model": ("--source-model", ("transfer",)),

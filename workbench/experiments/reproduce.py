@@ -454,9 +454,16 @@ def exp_estimators(run: Run) -> dict[str, Any]:
     return run_estimators(run)
 
 
+def exp_conditional(run: Run) -> dict[str, Any]:
+    """Conditional steering gated by the direction's own projection (``workbench.experiments.conditional``)."""
+    from .conditional import exp_conditional as run_conditional
+
+    return run_conditional(run)
+
+
 RUNNERS: dict[str, Callable[[Run], dict[str, Any]]] = {
     "format": exp_format, "length": exp_length, "keywords": exp_keywords, "composition": exp_composition, "transfer": exp_transfer,
-    "estimators": exp_estimators,
+    "estimators": exp_estimators, "conditional": exp_conditional,
 }
 SWEEP_COLUMNS = ["instruction_id", "layer", "coeff", "n", "accuracy", "loose_accuracy", "perplexity", "degeneration"]
 
@@ -668,4 +675,10 @@ def _table_note(cfg: ReproduceConfig, sweep: SweepResult) -> str:
             f"Selected: {sel or 'n/a'}. Seed {cfg.seed}, greedy decoding, {cfg.max_new_tokens} new tokens."
             + (" vs_mean_p: McNemar's exact test against the mean method's same condition; vs_prompt_p: the steered "
                "responses without the instruction against the unsteered responses with the instruction in the prompt, "
-               "paired by base query." if cfg.experiment == "estimators" else ""))
+               "paired by base query." if cfg.experiment == "estimators" else "")
+            + (" Conditional: one steer(..., condition=gate) block over the instructed and uninstructed test prompts; the "
+               "gate (layer, side, threshold) maximised hit rate - false-trigger rate on the validation prompts with and "
+               "without the instruction (gates table). share_changed: responses that differ from the unsteered ones; "
+               "share_gated: rows the gate steered (the hit rate on instructed prompts, the false-trigger rate on the "
+               "others); vs_always_p: McNemar's exact test of conditional against always steered."
+               if cfg.experiment == "conditional" else ""))

@@ -202,7 +202,7 @@ class Run:
         flat = [c for cs in checks for c in cs]
         return {**meta, **rate_columns(strict, loose, [c.strict for c in flat], [c.loose for c in flat]),
                 "perplexity": mean_perplexity(ppl), "degeneration": sum(deg) / len(deg), "_ppl": list(ppl), "_deg": deg,
-                "_keys": [r.base_id for r in rows], "_checks": checks}
+                "_keys": [r.base_id for r in rows], "_checks": checks, "_texts": list(responses)}
 
     def prefetch_conditions(self, items: Sequence[tuple], conditions: Sequence[str] = CONDITIONS) -> None:
         """Decode the conditions of several ``(rows, specs)`` (or ``(rows, specs, conditions)``) at once, in packed

@@ -90,7 +90,7 @@ def _plain_for_scoring(model: Any, memo: GenerationMemo) -> torch.nn.Module:
     """The weight-sharing plain model, refusing a bridge with open steer() blocks or hand-added hooks."""
     if memo.model is not model:
         raise WorkbenchError("fast search: the GenerationMemo generates with another model than the one scored")
-    if model_info(model).active_specs:
+    if model_info(model).active_specs or model_info(model).conditional:
         raise SteeringError("fast search: steer() blocks are open on the model; score outside them (each cell steers itself)")
     plain = plain_model_for(model)
     if plain is None:

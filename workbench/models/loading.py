@@ -30,6 +30,8 @@ class ModelInfo:
     formatter: PromptFormatter
     baseline_hooks: int = 0  # hooks on the bridge's hook points right after loading
     active_specs: list = field(default_factory=list)  # steering specs of open steer() blocks
+    conditional: list = field(default_factory=list)  # ConditionalSteering of open steer(condition=...) blocks
+    gates_open: bool = False  # generate() is deciding and applying the conditional blocks (their guard lets it run)
     generation_state: Any = None
     plain: Any = None  # lazily built plain transformers model sharing the weights
     static_decoder: Any = None  # lazily built compiled decoder (generate(backend="compiled"))

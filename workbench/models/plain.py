@@ -133,7 +133,7 @@ def plain_model_for(model: Any) -> torch.nn.Module | None:
     specs = info.active_specs
     if any(spec.hook not in ("resid_post", "resid_pre") for spec in specs):
         return None
-    if bridge_hook_count(model) != info.baseline_hooks + len(specs):
+    if bridge_hook_count(model) != info.baseline_hooks + len(specs) + len(info.conditional):  # + one guard per block
         return None  # hooks we did not add: only the bridge path runs them
     if info.plain is None:
         plain = build_plain_model(model)

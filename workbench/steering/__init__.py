@@ -3,7 +3,8 @@
 - :mod:`.bridge`: ``steer(model, direction, layer=..., mode=...)``, TransformerLens hooks on the bridge;
 - :mod:`.plain`: ``hf_steer(hf_model, ...)``, forward hooks on a plain ``transformers`` model's decoder
   layers (the fast KV-cached path of ``generate`` re-applies the active specs there);
-- :mod:`.compiled`: the specs as slot tensors read inside the compiled decoding step.
+- :mod:`.compiled`: the specs as slot tensors read inside the compiled decoding step;
+- :mod:`.condition`: ``steer(..., condition=Condition(...))``, each row steered only if its own prompt passes a gate.
 
 Example::
 
@@ -13,8 +14,9 @@ Example::
 """
 
 from .bridge import steer
+from .condition import Condition, ConditionalSteering, ConditionError, GateDecisions
 from .plain import hf_steer, hidden_size
 from .spec import MODES, POSITIONS, GenerationState, SteeringSpec, make_spec, resolve_specs
 
-__all__ = ["MODES", "POSITIONS", "GenerationState", "SteeringSpec", "hf_steer", "hidden_size", "make_spec",
+__all__ = ["Condition", "ConditionError", "ConditionalSteering", "GateDecisions", "MODES", "POSITIONS", "GenerationState", "SteeringSpec", "hf_steer", "hidden_size", "make_spec",
            "resolve_specs", "steer"]
