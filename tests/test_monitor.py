@@ -33,6 +33,22 @@ def test_projection_is_the_last_token_state_on_the_unit_direction(tiny, title):
         monitor(tiny, _only(title, [1]), prompts, layers=[3])
 
 
+def test_generated_projections_are_each_response_token_state(tiny, title):
+    """Per generated token: the residual stream at that token's position when prompt + response run as one sequence."""
+    prompts = ["Write a poem about rain.", "Hi."]
+    got = monitor(tiny, title, prompts, layers=[1, 3], generated=True, max_new_tokens=5)
+    tokens = wb.generate(tiny, prompts, max_new_tokens=5, return_tokens=True)
+    assert got.responses == wb.generate(tiny, prompts, max_new_tokens=5)
+    rows = wb.model_info(tiny).formatter.token_rows(prompts)
+    for i, (row, response) in enumerate(zip(rows, tokens)):
+        assert got.generated[i].shape == (len(response), 2)
+        _, cache = tiny.run_with_cache(torch.tensor([row + response]), names_filter=lambda n: n.endswith("resid_post"))
+        for j, layer in enumerate([1, 3]):
+            states = cache[f"blocks.{layer}.hook_resid_post"][0, len(row):].float()
+            assert torch.allclose(got.generated[i][:, j], states @ title.at(layer).unit, atol=1e-4)
+    assert torch.allclose(got.projections, monitor(tiny, title, prompts, layers=[1, 3]).projections)
+
+
 def _only(d, layers):
     from dataclasses import replace
 

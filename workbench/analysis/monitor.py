@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
-from ..activations import collect_activations
+from ..activations import activations_of_tokens, collect_activations
 from ..directions import Direction
 from ..errors import DatasetError, ShapeError
 from ..hooks import check_layers
@@ -26,19 +26,26 @@ from ..hooks import check_layers
 
 @dataclass
 class MonitorProjections:
-    """Each prompt's projection on the direction's unit vector at its last token, per layer."""
+    """Each prompt's projection on the direction's unit vector at its last token, per layer; with ``generated``, also
+    at each token of its greedy response (``generated[i]``: ``[n_tokens_i, n_layers]``, ``responses[i]`` its text)."""
 
     prompts: list[str]
     layers: list[int]
     projections: Float[torch.Tensor, "n_prompts n_layers"]
     direction: str
+    generated: list[torch.Tensor] | None = None
+    responses: list[str] | None = None
 
 
 def monitor(model: Any, direction: Direction, prompts: Sequence[str], layers: Sequence[int] | None = None,
-            batch_size: int = 16, progress: bool = False) -> MonitorProjections:
-    """Projections of ``prompts``' last-token residual stream on ``direction`` at ``layers`` (default: its layers).
+            batch_size: int = 16, progress: bool = False, generated: bool = False, max_new_tokens: int = 64,
+            ) -> MonitorProjections:
+    """Projections of ``prompts``' last-token residual stream on ``direction`` at ``layers`` (default: its layers);
+    ``generated=True`` also decodes each prompt greedily (``max_new_tokens``) and projects the residual stream at
+    every response token, as the model reads it back (does the direction fade or grow as the response unfolds?).
 
     >>> wb.monitor(model, title, prompts, layers=[20, 26]).projections   # [n_prompts, 2]
+    >>> wb.monitor(model, title, prompts, layers=[26], generated=True).generated[0]   # [n_tokens, 1]
     """
     direction.check_compatible(model)
     if isinstance(prompts, str) or not len(prompts):
@@ -49,7 +56,30 @@ def monitor(model: Any, direction: Direction, prompts: Sequence[str], layers: Se
         raise ShapeError(f"monitor: direction {direction.name!r} has no vector at layer(s) {missing[:5]}")
     acts = collect_activations(model, list(prompts), layers=layers, batch_size=batch_size, progress=progress)
     units = torch.stack([direction.at(x).unit for x in layers]).to(acts.dtype)
-    return MonitorProjections(list(prompts), layers, torch.einsum("nld,ld->nl", acts, units), direction.name)
+    out = MonitorProjections(list(prompts), layers, torch.einsum("nld,ld->nl", acts, units), direction.name)
+    if generated:
+        out.generated, out.responses = _generated_projections(model, list(prompts), layers, units, max_new_tokens, batch_size)
+    return out
+
+
+def _generated_projections(model: Any, prompts: list[str], layers: list[int], units: torch.Tensor, max_new_tokens: int,
+                           batch_size: int) -> tuple[list[torch.Tensor], list[str]]:
+    """Greedy responses and, per response token, the projection of the residual stream at that token's position."""
+    from ..generation import generate
+    from ..models.loading import model_info
+
+    tokens = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, return_tokens=True)
+    rows = model_info(model).formatter.token_rows(prompts, max_tokens=int(model.cfg.n_ctx))
+    out = []
+    for row, response in zip(rows, tokens):
+        if not response:
+            out.append(torch.zeros(0, len(layers)))
+            continue
+        ids = torch.tensor([list(row) + list(response)])
+        acts = activations_of_tokens(model, ids, torch.ones_like(ids), layers, k=len(response))[0]  # [n_layers, k, d]
+        out.append(torch.einsum("lkd,ld->kl", acts, units))
+    texts = [model.tokenizer.decode(t, skip_special_tokens=True) for t in tokens]
+    return out, texts
 
 
 def _pairwise_auc(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
