@@ -134,3 +134,29 @@ def test_other_forward_passes_are_refused_inside_a_block(tiny, setup):
             wb.collect_activations(tiny, ["Hi."], layers=[1], progress=False)
     tiny(ids)  # the guard left with the block
     assert not wb.model_info(tiny).conditional
+
+
+def test_fit_condition_reports_what_its_condition_does(tiny):
+    """The chosen gate, applied through Condition.scores (the path generate uses), has the hit and false-trigger rates
+    fit_condition reported for its layer."""
+    pairs = wb.load_pairs("format", "detectable_format:title", split="train").head(12)
+    title = wb.compute_direction(tiny, pairs, progress=False)
+    fit = wb.fit_condition(tiny, title, pairs.prompts(), pairs.prompts_without_instruction(), layers=[1, 2, 3])
+    chosen = next(r for r in fit.layers if r["chosen"])
+    assert fit.condition.layer == chosen["gate_layer"] and len(fit.layers) == 3
+    assert chosen["youden_j"] == max(r["youden_j"] for r in fit.layers)
+    hit = fit.condition.holds(fit.condition.scores(tiny, pairs.prompts())).float().mean()
+    false = fit.condition.holds(fit.condition.scores(tiny, pairs.prompts_without_instruction())).float().mean()
+    assert (float(hit), float(false)) == pytest.approx((chosen["share_hit"], chosen["share_false_trigger"]))
+    assert fit.figure() is not None
+    with pytest.raises(ConditionError, match="no vector at layer"):
+        wb.fit_condition(tiny, _only_layer(title, 1), pairs.prompts(), pairs.prompts_without_instruction(), layers=[2])
+    with pytest.raises(ConditionError, match="non-empty list"):
+        wb.fit_condition(tiny, title, [], pairs.prompts())
+
+
+def _only_layer(d, layer):
+    from dataclasses import replace
+
+    i = list(d.layers).index(layer)
+    return replace(d, vectors=d.vectors[i:i + 1], layers=(layer,), proj_with=None, proj_without=None)

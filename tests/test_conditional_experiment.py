@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from workbench.cli import main
-from workbench.experiments.conditional import best_threshold, choose_gate
+from workbench.steering.condition import best_threshold, choose_gate
 from workbench.experiments.reproduce import ReproduceConfig, run_reproduce
 
 TITLE = "detectable_format:title"

@@ -33,7 +33,7 @@ from .errors import (
 )
 from .generation import generate
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, PromptFormatter, load_model, model_info
-from .steering import Condition, SteeringSpec, steer
+from .steering import Condition, SteeringSpec, fit_condition, steer
 from .transfer import LayerMatch, ResidualMap, fit_map, load_maps, match_layers, save_maps, transfer_direction
 from .version import __version__
 
@@ -41,7 +41,7 @@ __all__ = [
     "BUILTIN_MODELS", "Condition", "DEFAULT_MODEL", "FAMILIES", "DatasetError", "Direction", "LayerDirection",
     "LayerError", "LayerMatch", "ModelNotFoundError", "PairDataset", "PairRow", "PromptFormatter", "ResidualMap", "ShapeError",
     "SteeringError", "SteeringSpec", "VectorFileError", "WorkbenchError", "__version__",
-    "collect_activations", "compute_direction", "compute_directions", "compute_directions_by_method", "fit_map", "generate", "list_instructions",
+    "collect_activations", "compute_direction", "compute_directions", "compute_directions_by_method", "fit_condition", "fit_map", "generate", "list_instructions",
     "load_activations", "load_ifeval_jsonl", "load_maps", "load_model", "load_paired_jsonl", "load_pairs",
     "load_pairs_file", "match_layers", "model_info", "monitor", "save_activations", "save_maps", "steer", "transfer_direction",
 ]

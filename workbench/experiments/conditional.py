@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 
 from ..errors import DatasetError
 from ..evaluation.stats import rate_cell
 from ..generation import generate
 from ..steering import Condition, steer
+from ..steering.condition import choose_gate
 from .conditions import pack_size
 from .run import Run, attach_p_values
 from .sweep import SweepTarget
@@ -32,41 +32,6 @@ GATE_COLUMNS = ["instruction_id", "gate_layer", "compare", "threshold", "youden_
                 "margin", "n_instructed", "n_uninstructed", "chosen"]
 CONDITION_OF = {("instructed", "none"): "instruction", ("instructed", "always"): "instruction_steered",
                 ("uninstructed", "none"): "no_instruction", ("uninstructed", "always"): "no_instruction_steered"}
-
-
-def best_threshold(pos: np.ndarray, neg: np.ndarray) -> dict[str, Any]:
-    """The threshold and side (``>`` or ``<``) that best separate ``pos`` (steer) from ``neg`` (leave alone) by Youden's
-    J; ties go to the wider margin (distance from the threshold to the nearest score, over the scores' std)."""
-    scores = np.sort(np.unique(np.concatenate([pos, neg])))
-    cuts = np.concatenate([[scores[0] - 1.0], (scores[:-1] + scores[1:]) / 2, [scores[-1] + 1.0]])
-    spread = float(np.concatenate([pos, neg]).std()) or 1.0
-    best: dict[str, Any] | None = None
-    for compare in (">", "<"):
-        hit = (pos[None, :] > cuts[:, None]).mean(1) if compare == ">" else (pos[None, :] < cuts[:, None]).mean(1)
-        false = (neg[None, :] > cuts[:, None]).mean(1) if compare == ">" else (neg[None, :] < cuts[:, None]).mean(1)
-        j = hit - false
-        margin = np.abs(np.concatenate([pos, neg])[None, :] - cuts[:, None]).min(1) / spread
-        for i in np.lexsort((-margin, -j))[:1]:  # the largest J, then the largest margin
-            cand = {"compare": compare, "threshold": float(cuts[i]), "youden_j": float(j[i]), "share_hit": float(hit[i]),
-                    "share_false_trigger": float(false[i]), "margin": float(margin[i])}
-            if best is None or (cand["youden_j"], cand["margin"]) > (best["youden_j"], best["margin"]):
-                best = cand
-    assert best is not None
-    return best
-
-
-def choose_gate(name: str, proj_in: torch.Tensor, proj_out: torch.Tensor, layers: Sequence[int],
-                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Per-layer best gates on validation projections (``[n, n_layers]`` of instructed and uninstructed prompts) and
-    the chosen one (the best J over layers, then the widest margin, then the earliest layer)."""
-    rows = []
-    for j, layer in enumerate(layers):
-        g = best_threshold(proj_in[:, j].double().numpy(), proj_out[:, j].double().numpy())
-        rows.append({"instruction_id": name, "gate_layer": int(layer), **g, "n_instructed": int(proj_in.shape[0]),
-                     "n_uninstructed": int(proj_out.shape[0]), "chosen": False})
-    chosen = max(rows, key=lambda r: (r["youden_j"], r["margin"], -r["gate_layer"]))
-    chosen["chosen"] = True
-    return rows, chosen
 
 
 def _targets(run: Run) -> list[tuple[str, str, str, dict[str, Any] | None, str]]:

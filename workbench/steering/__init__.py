@@ -14,9 +14,9 @@ Example::
 """
 
 from .bridge import steer
-from .condition import Condition, ConditionalSteering, ConditionError, GateDecisions
+from .condition import Condition, ConditionalSteering, ConditionError, GateDecisions, GateFit, fit_condition
 from .plain import hf_steer, hidden_size
 from .spec import MODES, POSITIONS, GenerationState, SteeringSpec, make_spec, resolve_specs
 
-__all__ = ["Condition", "ConditionError", "ConditionalSteering", "GateDecisions", "MODES", "POSITIONS", "GenerationState", "SteeringSpec", "hf_steer", "hidden_size", "make_spec",
-           "resolve_specs", "steer"]
+__all__ = ["Condition", "ConditionError", "ConditionalSteering", "GateDecisions", "GateFit", "MODES", "POSITIONS", "GenerationState", "SteeringSpec", "hf_steer", "hidden_size", "make_spec",
+           "fit_condition", "resolve_specs", "steer"]

@@ -20,12 +20,14 @@ import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
+import numpy as np
 import torch
 from jaxtyping import Bool, Float
 
 from ..activations import activations_of_tokens
+from ..directions import Direction
 from ..errors import LayerError, SteeringError
-from ..hooks import RESID_HOOKS
+from ..hooks import RESID_HOOKS, check_layers
 from .spec import SteeringSpec, _as_layer, _as_number, make_spec
 
 COMPARES = (">", "<")
@@ -183,3 +185,89 @@ def gated_row_specs(model: Any, prompts: Sequence[str], rows: Sequence[Sequence[
             specs[i].extend(block.specs)
     return specs
 
+
+
+# --- choosing a gate -----------------------------------------------------------------------------------------------
+
+def best_threshold(pos: np.ndarray, neg: np.ndarray) -> dict[str, Any]:
+    """The threshold and side (``>`` or ``<``) that best separate ``pos`` (steer) from ``neg`` (leave alone) by Youden's
+    J; ties go to the wider margin (distance from the threshold to the nearest score, over the scores' std)."""
+    scores = np.sort(np.unique(np.concatenate([pos, neg])))
+    cuts = np.concatenate([[scores[0] - 1.0], (scores[:-1] + scores[1:]) / 2, [scores[-1] + 1.0]])
+    spread = float(np.concatenate([pos, neg]).std()) or 1.0
+    best: dict[str, Any] | None = None
+    for compare in (">", "<"):
+        hit = (pos[None, :] > cuts[:, None]).mean(1) if compare == ">" else (pos[None, :] < cuts[:, None]).mean(1)
+        false = (neg[None, :] > cuts[:, None]).mean(1) if compare == ">" else (neg[None, :] < cuts[:, None]).mean(1)
+        j = hit - false
+        margin = np.abs(np.concatenate([pos, neg])[None, :] - cuts[:, None]).min(1) / spread
+        for i in np.lexsort((-margin, -j))[:1]:  # the largest J, then the largest margin
+            cand = {"compare": compare, "threshold": float(cuts[i]), "youden_j": float(j[i]), "share_hit": float(hit[i]),
+                    "share_false_trigger": float(false[i]), "margin": float(margin[i])}
+            if best is None or (cand["youden_j"], cand["margin"]) > (best["youden_j"], best["margin"]):
+                best = cand
+    assert best is not None
+    return best
+
+
+def choose_gate(name: str, proj_in: torch.Tensor, proj_out: torch.Tensor, layers: Sequence[int],
+                ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Per-layer best gates on validation projections (``[n, n_layers]`` of instructed and uninstructed prompts) and
+    the chosen one (the best J over layers, then the widest margin, then the earliest layer)."""
+    rows = []
+    for j, layer in enumerate(layers):
+        g = best_threshold(proj_in[:, j].double().numpy(), proj_out[:, j].double().numpy())
+        rows.append({"instruction_id": name, "gate_layer": int(layer), **g, "n_instructed": int(proj_in.shape[0]),
+                     "n_uninstructed": int(proj_out.shape[0]), "chosen": False})
+    chosen = max(rows, key=lambda r: (r["youden_j"], r["margin"], -r["gate_layer"]))
+    chosen["chosen"] = True
+    return rows, chosen
+
+
+@dataclass
+class GateFit:
+    """A gate chosen on prompts that should be steered (``instructed``) and prompts that should not: the
+    :class:`Condition`, and per layer its best threshold with Youden's J, hit and false-trigger rates."""
+
+    condition: Condition
+    layers: list[dict[str, Any]]
+
+    def figure(self, projections: Sequence[float] = (), instructed: Sequence[bool] = ()):
+        """J, hit and false-trigger rate by layer (and, given, projections of other prompts at the chosen layer)."""
+        from ..figures.gates import gate_figure
+
+        return gate_figure(self.layers, projections, instructed)
+
+
+def fit_condition(model: Any, direction: Any, steer_these: Sequence[str], leave_these: Sequence[str],
+                  layers: Sequence[int] | None = None, on: str = "last", name: str | None = None) -> GateFit:
+    """Choose the gate's layer, side and threshold that best separate ``steer_these`` prompts from ``leave_these``
+    (Youden's J = hit rate - false-trigger rate; ties: the wider standardised margin, then the earlier layer), reading
+    ``direction``'s projection at each of ``layers`` (default: all of its layers) as the gate will.
+
+    >>> fit = wb.fit_condition(model, title, val.prompts(), val.prompts_without_instruction(), layers=range(10, 30))
+    >>> fit.condition, fit.figure()
+    """
+    if not isinstance(direction, Direction):
+        raise ConditionError(f"fit_condition needs a Direction (one vector per layer), got {type(direction).__name__}")
+    direction.check_compatible(model)
+    if isinstance(steer_these, str) or isinstance(leave_these, str) or not len(steer_these) or not len(leave_these):
+        raise ConditionError("fit_condition: give a non-empty list of prompts to steer and one to leave alone")
+    if on not in READS:
+        raise ConditionError(f"unknown on={on!r}; choose one of {READS} (the prompt's last token or its mean)")
+    layers = list(direction.layers) if layers is None else check_layers(model, list(layers))
+    missing = [x for x in layers if x not in direction.layers]
+    if missing:
+        raise ConditionError(f"fit_condition: direction {direction.name!r} has no vector at layer(s) {missing[:5]}")
+    units = torch.stack([direction.at(x).unit for x in layers]).float()
+    formatter = _info(model).formatter
+
+    def projections(prompts: Sequence[str]) -> torch.Tensor:
+        ids, mask = formatter.encode(list(prompts), padding_side="right", max_tokens=int(model.cfg.n_ctx))
+        acts = activations_of_tokens(model, ids, mask, layers, reduce=on)[:, :, 0]
+        return torch.einsum("nld,ld->nl", acts, units)
+
+    rows, chosen = choose_gate(name or direction.name, projections(steer_these), projections(leave_these), layers)
+    condition = Condition(direction, layer=chosen["gate_layer"], threshold=chosen["threshold"], compare=chosen["compare"],
+                          on=on)
+    return GateFit(condition, rows)
