@@ -67,6 +67,7 @@ def test_conditional_run_reports_every_set_and_matches_its_decisions(tiny, tmp_p
     config = json.loads((out / "config.json").read_text())
     assert any("every conditional response equals" in n for n in config["notes"]), config["notes"]
     assert (out / "figures" / "gate_detectable_format_title.html").is_file()
+    assert (out / "figures" / "conditions.html").is_file() and not any("not written" in n for n in config["notes"])
     # the gated share on instructed prompts is the gate's hit rate: the share of rows it steered
     gen = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     cond = [g for g in gen if g.get("condition") == "instruction_conditional"]

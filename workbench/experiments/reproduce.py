@@ -45,7 +45,8 @@ from .executors import make_executor
 from .hygiene import check_split_hygiene
 from .results import write_jsonl, write_table
 from .run import Run, attach_p_values, rate_columns
-from .sweep import SweepResult, SweepTarget, heatmap_records, steering_spec
+from .sweep import SweepResult, heatmap_records
+from .targets import SweepTarget, cell_meta, cell_specs, format_target_names, steering_spec
 
 __all__ = [
     "EXPERIMENTS", "PRESETS", "RUNNERS", "ReproduceConfig", "Run", "check_transferable", "cpu_threads", "length_kwargs",
@@ -56,16 +57,6 @@ def _model_dir(name: str) -> str:
     from ..names import safe_name
 
     return safe_name(name)  # bounded: a 300-character --word must not fail as "File name too long" after the sweep
-
-
-def _specs_for(run: Run, direction: Direction, sel: dict[str, Any] | None, mode: str, scale: float = 1.0) -> list | None:
-    if sel is None:
-        return None
-    return [steering_spec(direction, sel["layer"], sel["coeff"], mode, scale)]
-
-
-def _sel_meta(sel: dict[str, Any] | None, mode: str | None) -> dict[str, Any]:
-    return {"layer": None if sel is None else sel["layer"], "strength": None if sel is None else sel["coeff"], "mode": mode}
 
 
 STEERED = tuple(c for c in CONDITIONS if c.endswith("_steered"))
@@ -110,28 +101,6 @@ def _save_directions(run: Run, selection: dict[str, Any], paper_selection: dict[
 
 
 # --- experiments -------------------------------------------------------------------------
-LANGUAGE_ID = "language:response_language"
-
-
-def format_target_names(ids: Sequence[str]) -> list[tuple[str, str, dict[str, Any] | None]]:
-    """``(target name, IFEval id, kwargs)`` per direction: ``language:response_language`` is one direction per
-    language (named as in the paper authors' files, ``language:response_language_kn``)."""
-    from ..data.builtin import language_codes
-
-    out: list[tuple[str, str, dict[str, Any] | None]] = []
-    for iid in ids:
-        if iid == LANGUAGE_ID:
-            out += [(f"{LANGUAGE_ID}_{c}", LANGUAGE_ID, {"language": c}) for c in language_codes()]
-        elif iid.startswith(f"{LANGUAGE_ID}_"):
-            code = iid[len(LANGUAGE_ID) + 1:]
-            if code not in language_codes():
-                raise DatasetError(f"no built-in phrasing for language {code!r} ({iid}); languages: {', '.join(language_codes())}")
-            out.append((iid, LANGUAGE_ID, {"language": code}))
-        else:
-            out.append((iid, iid, None))
-    return out
-
-
 def _format_targets(run: Run, ids: Sequence[str]) -> list[tuple[SweepTarget, str, dict[str, Any] | None]]:
     cfg = run.config
     targets = []
@@ -155,15 +124,15 @@ def exp_format(run: Run) -> dict[str, Any]:
     evals = {t.name: run.eval_rows("format", iid, kwargs, name=t.name) for t, iid, kwargs in targets}  # bad data fails here
     sweep = run.sweep([t for t, _, _ in targets])
     paper = {t.name: _paper_specs(sweep, t.name, t.direction, t.mode) for t, _, _ in targets}
-    run.prefetch_conditions([(evals[t.name], _specs_for(run, t.direction, sweep.selection.get(t.name), t.mode)) for t, _, _ in targets]
+    run.prefetch_conditions([(evals[t.name], cell_specs(t.direction, sweep.selection.get(t.name), t.mode)) for t, _, _ in targets]
                             + [(evals[t.name], paper[t.name], STEERED) for t, _, _ in targets if paper[t.name]])
     table: list[dict[str, Any]] = []
     for t, iid, kwargs in targets:
         sel = sweep.selection.get(t.name)
         rows = evals[t.name]
         run.say(f"  {t.name}: conditions on {len(rows)} evaluation prompts ({len(rows.with_twin())} with an instruction-free twin)")
-        meta = {"instruction_id": t.name, "rule": _rule_label(sweep, t.name), **_sel_meta(sel, t.mode)}
-        table += run.conditions_table(rows, _specs_for(run, t.direction, sel, t.mode), meta)
+        meta = {"instruction_id": t.name, "rule": _rule_label(sweep, t.name), **cell_meta(sel, t.mode)}
+        table += run.conditions_table(rows, cell_specs(t.direction, sel, t.mode), meta)
         table += _paper_rows(run, sweep, t.name, rows, paper[t.name], meta)
     table += _pooled_by_rule(table, ["condition"], {"instruction_id": "all"})
     attach_p_values(table, ["instruction_id"])
@@ -234,14 +203,14 @@ def exp_length(run: Run) -> dict[str, Any]:
     sweep = run.sweep(targets)
     sel = sweep.selection.get("length")
     paper = {n: _paper_specs(sweep, "length", direction, "add", length_scale(n)) for n in ns}
-    run.prefetch_conditions([(evals[n], _specs_for(run, direction, sel, "add", length_scale(n))) for n in ns]
+    run.prefetch_conditions([(evals[n], cell_specs(direction, sel, "add", length_scale(n))) for n in ns]
                             + [(evals[n], paper[n], STEERED) for n in ns if paper[n]])
     table: list[dict[str, Any]] = []
     for n in ns:
         rows = evals[n]
-        specs = _specs_for(run, direction, sel, "add", length_scale(n))
+        specs = cell_specs(direction, sel, "add", length_scale(n))
         run.say(f"  at most {n} sentence(s): four conditions on {len(rows)} evaluation prompts")
-        meta = {"target_n": n, "rule": _rule_label(sweep, "length"), **_sel_meta(sel, "add"), "scale": length_scale(n)}
+        meta = {"target_n": n, "rule": _rule_label(sweep, "length"), **cell_meta(sel, "add"), "scale": length_scale(n)}
         part = run.conditions_table(rows, specs, meta)
         part += _paper_rows(run, sweep, "length", rows, paper[n], meta)
         for r in part:  # mean sentence count of this condition's responses
@@ -312,8 +281,8 @@ def exp_keywords(run: Run) -> dict[str, Any]:
         run.say(f"  {w}: {' and '.join(tasks[w])} on {len(inc if inc is not None else exc)} evaluation prompts each")
         rule = _rule_label(sweep, t.name)
         if inc is not None:
-            meta = {"word": w, "task": "include", "steering": "add", "rule": rule, **_sel_meta(sel, "add")}
-            table += run.conditions_table(inc, _specs_for(run, t.direction, sel, "add"), meta)
+            meta = {"word": w, "task": "include", "steering": "add", "rule": rule, **cell_meta(sel, "add")}
+            table += run.conditions_table(inc, cell_specs(t.direction, sel, "add"), meta)
             table += _paper_rows(run, sweep, t.name, inc, _paper_specs(sweep, t.name, t.direction, "add"), meta)
         for how in ("subtract", "ablate") if exc is not None else ():
             mode = "add" if how == "subtract" else "ablate"
@@ -321,7 +290,7 @@ def exp_keywords(run: Run) -> dict[str, Any]:
             if sel is not None:
                 specs = [steering_spec(t.direction, sel["layer"], -sel["coeff"], mode)]
             conds = CONDITIONS if how == "subtract" else STEERED
-            meta = {"word": w, "task": "exclude", "steering": how, "rule": rule, **_sel_meta(sel, mode)}
+            meta = {"word": w, "task": "exclude", "steering": how, "rule": rule, **cell_meta(sel, mode)}
             table += run.conditions_table(exc, specs, meta, conds)
             table += _paper_rows(run, sweep, t.name, exc, _paper_specs(sweep, t.name, t.direction, mode, sign=-1.0), meta, conds)
     attach_p_values(table, ["word", "task"])
@@ -362,8 +331,8 @@ def exp_composition(run: Run) -> dict[str, Any]:
         fsel = sweep.selection.get(t.name)
         for n in ns:
             rows = combined[(t.name, n)]
-            fspec = _specs_for(run, t.direction, fsel, t.mode)
-            lspec = _specs_for(run, length_dir, len_sel, "add", length_scale(n))
+            fspec = cell_specs(t.direction, fsel, t.mode)
+            lspec = cell_specs(length_dir, len_sel, "add", length_scale(n))
             sets = {"none": [], "format": fspec, "length": lspec, "both": None if fspec is None or lspec is None else fspec + lspec}
             run.say(f"  {t.name} + at most {n} sentences on {len(rows)} evaluation prompts")
             for steering, specs in sets.items():
@@ -441,8 +410,8 @@ def exp_transfer(run: Run) -> dict[str, Any]:
     for t in targets:
         sel = sweep.selection.get(t.name)
         rows = run.eval_rows("format", t.name)
-        table += run.conditions_table(rows, _specs_for(run, t.direction, sel, t.mode),
-                                      {"instruction_id": t.name, "source": model_info(source).name, **_sel_meta(sel, t.mode)})
+        table += run.conditions_table(rows, cell_specs(t.direction, sel, t.mode),
+                                      {"instruction_id": t.name, "source": model_info(source).name, **cell_meta(sel, t.mode)})
     return {"table": table, "columns": ["instruction_id", "source", "condition", "n", "accuracy", "accuracy_p", "loose_accuracy", "perplexity",
                                         "degeneration", "layer", "strength", "mode"], "sweep": sweep, "selection": sweep.selection}
 
@@ -483,7 +452,8 @@ def _figures(run: Run, records: list[dict[str, Any]], table: list[dict[str, Any]
         for iid in dict.fromkeys(r["instruction_id"] for r in records):
             jobs.append((f"sweep_{_model_dir(iid)}.html", lambda iid=iid: heatmap(records, iid)))
     cond_rows = [r for r in table if "instruction_id" in r and "condition" in r and r["instruction_id"] != "all"
-                 and r.get("direction", "none") in ("none", "transferred")]  # a mapped transfer: own/random rows have their own figure
+                 and r.get("direction", "none") in ("none", "transferred")  # a mapped transfer: own/random rows have their own figure
+                 and r.get("steering") != "conditional"]  # the four conditions; conditional rows have the gate figure
     if bars is not None and cond_rows:
         jobs.append(("conditions.html", lambda: bars(cond_rows)))
     for name, build in jobs:
@@ -680,5 +650,6 @@ def _table_note(cfg: ReproduceConfig, sweep: SweepResult) -> str:
                "gate (layer, side, threshold) maximised hit rate - false-trigger rate on the validation prompts with and "
                "without the instruction (gates table). share_changed: responses that differ from the unsteered ones; "
                "share_gated: rows the gate steered (the hit rate on instructed prompts, the false-trigger rate on the "
-               "others); vs_always_p: McNemar's exact test of conditional against always steered."
+               "others); vs_always_p: McNemar's exact test of conditional against always steered. On uninstructed prompts "
+               "accuracy counts responses that follow the instruction they were not given."
                if cfg.experiment == "conditional" else ""))
