@@ -11,6 +11,7 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from .arguments import check_count
 from .errors import DatasetError, ShapeError, WorkbenchError
 from .hooks import RESID_HOOKS, check_layers, forward_hooks, hook_name
 from .io import load_tensors, save_tensors
@@ -136,8 +137,6 @@ def collect_activations(
 
     >>> acts = collect_activations(model, ["Hi.", "Write a poem."], layers=[10, 20])  # [2, 2, d_model]
     """
-    from .generation import check_count
-
     if prompts is None or isinstance(prompts, (bytes, dict)) or not isinstance(prompts, (str, Iterable)):
         raise DatasetError(f"collect_activations: prompts must be a string or a list of strings, got {type(prompts).__name__}")
     if isinstance(prompts, str):

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
+import sys
+from typing import Any
 
 from .errors import WorkbenchError
 
@@ -56,6 +59,21 @@ def float_list(text: str | None, flag: str = "--strengths") -> list[float] | Non
     if bad:
         raise WorkbenchError(f"{flag}: {bad[0]} is not a finite number")
     return values
+
+
+def check_count(name: str, value: Any, minimum: int = 1) -> int:
+    """An integer argument ``>= minimum`` (``max_new_tokens``, ``batch_size``...), else a one-line error.
+
+    A one-element integer tensor counts as an integer (torch is not imported here for it: a tensor exists only
+    once torch is)."""
+    torch = sys.modules.get("torch")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) and not (
+        torch is not None and isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point()
+    ):
+        raise WorkbenchError(f"{name} must be an integer, got {value!r}")
+    if int(value) < minimum:
+        raise WorkbenchError(f"{name} must be >= {minimum}, got {int(value)}")
+    return int(value)
 
 
 def finite_float(text: str) -> float:

@@ -31,8 +31,9 @@ from typing import Any, Callable, Sequence
 import torch
 from jaxtyping import Int
 
+from .arguments import check_count
 from .errors import LayerError, ShapeError, SteeringError, WorkbenchError
-from .generation import check_count, eos_token_ids, generate
+from .generation import eos_token_ids, generate
 from .models import model_info
 from .models.plain import decoder_layers
 from .steering import SteeringSpec, hidden_size, steer

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-import numbers
 from typing import Any, Iterable, Iterator, Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from .arguments import check_seed
+from .arguments import check_count, check_seed
 from .errors import WorkbenchError
 from .hooks import forward_hooks
 from .models.backends import GENERATION_BACKENDS, check_backend
@@ -94,17 +93,6 @@ def _layer_start(capture: Capture, row: int, tokens: list[int], n_layers: int) -
     if layer is None or layer < 1:
         return None
     return LayerStart(layer, capture.hidden[row, : max(len(tokens) - 1, 0)].clone(), tuple(tokens))
-
-
-def check_count(name: str, value: Any, minimum: int = 1) -> int:
-    """An integer argument ``>= minimum`` (``max_new_tokens``, ``batch_size``...), else a one-line error."""
-    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, torch.Tensor)) or (
-        isinstance(value, torch.Tensor) and (value.numel() != 1 or value.is_floating_point())
-    ):
-        raise WorkbenchError(f"{name} must be an integer, got {value!r}")
-    if int(value) < minimum:
-        raise WorkbenchError(f"{name} must be >= {minimum}, got {int(value)}")
-    return int(value)
 
 
 @torch.no_grad()

@@ -63,7 +63,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     direction = Direction.load(args.direction) if args.direction else None  # read before the slow model load
     if args.images:
         check_image_export()
-    from ..cli import layers_arg
+    from ..cli_types import layers_arg
     from ..data.builtin import family_of
 
     family_of(args.instruction)  # an unknown id fails before the model loads
@@ -122,7 +122,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--n-monitor", type=int, help="monitor: validation pairs scored (default 40)")
     p.add_argument("--max-new-tokens", dest="monitor_tokens", type=int,
                    help="monitor: new tokens of each unsteered response checked for compliance (default 64)")
-    from ..cli import device_arg, folder_arg
+    from ..cli_types import device_arg, folder_arg
 
     p.add_argument("--out", type=folder_arg(), default="figures", help="output folder (default figures)")
     p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when available)")

@@ -23,7 +23,7 @@ def _ratio(text: str) -> float | None:
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1 (0 or a negative count is an error, never 'use the preset')."""
-    from ..cli import positive_int as check
+    from ..cli_types import positive_int as check
 
     return check(text)
 
@@ -44,7 +44,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name, local folder or hub id (default {DEFAULT_MODEL}); "
                    "reproduce: 'all' runs the built-in real models in turn and writes a comparison")
-    from ..cli import device_arg
+    from ..cli_types import device_arg
 
     p.add_argument("--device", type=device_arg, default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--mode", choices=("project", "add"), help="steering mode (default: project for format, add for length/keywords)")
@@ -170,7 +170,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     from .lock import hold_run_folder
 
-    from ..cli import layers_arg, parse_kwargs
+    from ..cli_types import layers_arg, parse_kwargs
 
     family = family_of(args.instruction)  # bad input fails before the run folder is made or the model loads
     kwargs = parse_kwargs(args.kwargs)
@@ -240,7 +240,7 @@ def register(subparsers: Any) -> None:
                         "direction's key with instruction_id_list checked (steering, the paper authors' files), or "
                         "detected (auto, default: steering when some id is not an IFEval id)")
     r.add_argument("--out", type=output_folder, default="results", help="results folder (default results/): writes <out>/<model>/<experiment>/")
-    from ..cli import folder_arg
+    from ..cli_types import folder_arg
 
     r.add_argument("--publish", type=folder_arg("--publish"), help="also write one Markdown page to <PUBLISH>/<model>/<experiment>.md (e.g. docs/results)")
     r.add_argument("--instruction", action="append", help="instruction id (repeat; format, composition, transfer)")

@@ -24,7 +24,7 @@ from ..steering import Condition, steer
 from ..steering.condition import choose_gate
 from .conditions import pack_size
 from .run import Run, attach_p_values
-from .sweep import SweepTarget
+from .targets import SweepTarget, cell_meta, cell_specs
 
 COLUMNS = ["instruction_id", "prompts", "steering", "n", "accuracy", "accuracy_p", "vs_always_p", "share_changed",
            "share_gated", "perplexity", "degeneration", "layer", "strength", "mode", "gate"]
@@ -43,8 +43,6 @@ def _targets(run: Run) -> list[tuple[str, str, str, dict[str, Any] | None, str]]
 
 def exp_conditional(run: Run) -> dict[str, Any]:
     """Unsteered, always steered and conditionally steered responses to instructed and uninstructed test prompts."""
-    from .reproduce import _sel_meta, _specs_for
-
     cfg = run.config
     items, sweep_targets = [], []
     for name, family, iid, kwargs, mode in _targets(run):
@@ -55,7 +53,7 @@ def exp_conditional(run: Run) -> dict[str, Any]:
         items.append((name, mode, val, d, evals))
         sweep_targets.append(SweepTarget(name, val, d, mode))
     sweep = run.sweep(sweep_targets)
-    specs = {name: _specs_for(run, d, sweep.selection.get(name), mode) for name, mode, _, d, _ in items}
+    specs = {name: cell_specs(d, sweep.selection.get(name), mode) for name, mode, _, d, _ in items}
     run.prefetch_conditions([(evals, specs[name]) for name, _, _, _, evals in items])
     table: list[dict[str, Any]] = []
     gates: list[dict[str, Any]] = []
@@ -74,7 +72,7 @@ def exp_conditional(run: Run) -> dict[str, Any]:
         run.say(f"  {name}: gate {gate} (validation J {chosen['youden_j']:.2f}, hit {chosen['share_hit']:.0%}, "
                 f"false trigger {chosen['share_false_trigger']:.0%}); steering "
                 + ("none selected" if sel is None else f"layer {sel['layer']}, strength {sel['coeff']:g}"))
-        meta = {"instruction_id": name, **_sel_meta(sel, mode), "gate": _gate_label(chosen)}
+        meta = {"instruction_id": name, **cell_meta(sel, mode), "gate": _gate_label(chosen)}
         cells = {c["condition"]: c for c in run.conditions_table(evals, specs[name], meta)}
         rows = _rows(cells, meta)
         if specs[name] is not None:

@@ -14,7 +14,7 @@ from typing import Any
 from ..errors import DatasetError
 from ..evaluation.stats import rate_cell
 from .run import Run, attach_p_values
-from .sweep import SweepTarget, steering_spec
+from .targets import SweepTarget, cell_meta, cell_specs, format_target_names, steering_spec
 
 COLUMNS = ["instruction_id", "method", "condition", "n", "accuracy", "accuracy_p", "vs_mean_p", "vs_prompt_p",
            "loose_accuracy", "perplexity", "degeneration", "layer", "strength", "mode"]
@@ -25,8 +25,6 @@ STEERED = ("no_instruction_steered", "instruction_steered")
 
 def _targets(run: Run) -> list[tuple[str, str, str, dict[str, Any] | None, str]]:
     """``(name, family, instruction id, kwargs, mode)`` of every instruction the run compares estimators on."""
-    from .reproduce import format_target_names
-
     cfg = run.config
     out = [(name, "format", iid, kwargs, cfg.mode or "project") for name, iid, kwargs in format_target_names(cfg.instructions or [])]
     out += [(f"include:{w}", "keywords", "keywords:existence", {"keywords": [w]}, "add") for w in cfg.words or []]
@@ -38,8 +36,6 @@ def _targets(run: Run) -> list[tuple[str, str, str, dict[str, Any] | None, str]]
 
 def exp_estimators(run: Run) -> dict[str, Any]:
     """Each estimator's direction selected and evaluated alike, against the mean and against the prompt."""
-    from .reproduce import _specs_for, _sel_meta
-
     cfg = run.config
     methods = list(cfg.methods or [])
     items, sweep_targets = [], []
@@ -51,18 +47,18 @@ def exp_estimators(run: Run) -> dict[str, Any]:
         items.append((name, family, iid, kwargs, mode, train, dirs, evals))
         sweep_targets += [SweepTarget(f"{name}@{m}", val, d, mode) for m, d in dirs.items()]
     sweep = run.sweep(sweep_targets)
-    specs = {(it[0], m): _specs_for(run, d, sweep.selection.get(f"{it[0]}@{m}"), it[4]) for it in items for m, d in it[6].items()}
+    specs = {(it[0], m): cell_specs(d, sweep.selection.get(f"{it[0]}@{m}"), it[4]) for it in items for m, d in it[6].items()}
     run.prefetch_conditions([(it[7], None) for it in items] + [(it[7], s, STEERED) for it in items for m in methods
                                                                if (s := specs[(it[0], m)])])
     table: list[dict[str, Any]] = []
     for name, family, iid, kwargs, mode, train, dirs, evals in items:
         run.say(f"  {name}: {len(methods)} estimators on {len(evals)} evaluation prompts")
-        table += run.conditions_table(evals, None, {"instruction_id": name, "method": None, **_sel_meta(None, mode)})
+        table += run.conditions_table(evals, None, {"instruction_id": name, "method": None, **cell_meta(None, mode)})
         for m in methods:
             sel = sweep.selection.get(f"{name}@{m}")
             if sel is None:
                 continue
-            table += run.conditions_table(evals, specs[(name, m)], {"instruction_id": name, "method": m, **_sel_meta(sel, mode)},
+            table += run.conditions_table(evals, specs[(name, m)], {"instruction_id": name, "method": m, **cell_meta(sel, mode)},
                                           STEERED)
     attach_p_values(table, ["instruction_id"])  # each steered cell against the same prompts unsteered
     attach_p_values(table, ["instruction_id", "condition"], key="method", twins={m: "mean" for m in methods if m != "mean"},

@@ -70,7 +70,7 @@ def check_experiment_config(cfg: Any) -> None:
 def _check_instructions(ids: list[str]) -> None:
     """Every ``--instruction`` is a built-in format instruction (or a language of ``language:response_language``)."""
     from ..data.builtin import list_instructions
-    from .reproduce import format_target_names
+    from .targets import format_target_names
 
     known = set(list_instructions("format"))
     for _, iid, _ in format_target_names(ids):  # an unknown language suffix fails here

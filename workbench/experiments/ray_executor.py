@@ -22,7 +22,7 @@ from collections import deque
 from typing import Any, Callable, Sequence
 
 from ..errors import WorkbenchError
-from .executors import Deliver, Executor, SweepJob
+from .job import Deliver, Executor, SweepJob
 from .units import Unit, pack_units
 
 INSTALL_HINT = 'pip install "instruction-steering-workbench[ray]"  (from a checkout: pip install -e ".[ray]")'

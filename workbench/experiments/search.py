@@ -25,10 +25,10 @@ import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
+from ..arguments import check_count
 from ..errors import LayerError, SteeringError, WorkbenchError
 from ..evaluation.prompt_states import MIN_SHARED_PREFIX, PromptState, run_prompts, window_fits
 from ..evaluation.quality import _encode_pairs
-from ..generation import check_count
 from ..models.loading import model_info
 from ..models.prompts import ContextLengthError
 from ..models.batching import pad_tokens
@@ -36,7 +36,7 @@ from ..models.from_layer import first_changed_layer, from_layer
 from ..models.plain import decoder_layers, layer_output, plain_model_for
 from ..steering import SteeringSpec, hf_steer, resolve_specs
 from .conditions import GenerationMemo
-from .sweep import SweepTarget, steering_spec
+from .targets import SweepTarget, steering_spec
 
 __all__ = ["fast_scores", "response_logprobs", "shortlist", "SCORE_KEYS"]
 

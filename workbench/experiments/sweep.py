@@ -4,9 +4,7 @@ Each (target, layer, strength, prompt batch) is one unit with a stable key; its 
 scores are appended to a JSONL file as soon as it finishes. A rerun skips finished units, so an
 interrupted sweep resumes and ends with the same table as an uninterrupted one.
 
-Strength: in ``add`` mode the added vector is ``strength * scale * |v_layer|`` along the unit
-direction (a multiple of the layer's mean difference, so strengths carry over between models);
-in ``project`` mode the projection target is ``strength * scale * proj_with`` (1.0: the paper).
+What a target steers and what a strength means per mode: :mod:`.targets`.
 """
 
 from __future__ import annotations
@@ -19,16 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..data import PairDataset
-from ..directions import Direction
 from ..errors import WorkbenchError
 from ..evaluation.quality import mean_perplexity
 from ..evaluation.stats import rate_cell
 from ..models.loading import model_info
-from ..steering import SteeringSpec, make_spec
 from .conditions import GenerationMemo, pack_size
-from .executors import Executor, SweepJob, make_executor
+from .config import DEFAULT_MAX_DEGENERATION_GAIN, default_layers
+from .executors import make_executor
+from .job import Executor, SweepJob
 from .store import UnitStore
+from .targets import SweepTarget, steering_spec
 from .units import Unit, score_rows
 
 __all__ = [
@@ -39,53 +37,6 @@ __all__ = [
 
 HEATMAP_KEYS = ("instruction_id", "layer", "coeff", "accuracy", "perplexity")
 SCORING_VERSION = 2  # bump when checks or quality scores change, so stored units are not reused
-
-# Selection rule (docs/reproduce.md, "Why a relative repetition limit"): steered validation responses may repeat at
-# most this much more of their 3-grams than the unsteered responses of the same condition and length. Measured on
-# SmolLM2-135M: unsteered responses repeat 0.02 of their 3-grams at 48 new tokens and 0.19 at 128, so a fixed cap
-# that fits one length rejects the paper's settings at the other.
-DEFAULT_MAX_DEGENERATION_GAIN = 0.25
-
-
-def default_layers(n_layers: int, stride: int = 2, start: int | None = None) -> list[int]:
-    """Every ``stride``-th layer from ``n_layers // 5`` (the paper's range), up to the last layer."""
-    if stride < 1:
-        raise WorkbenchError(f"layer stride must be >= 1, got {stride}")
-    first = n_layers // 5 if start is None else start
-    return list(range(first, n_layers, stride))
-
-
-def steering_spec(direction: Direction, layer: int, strength: float, mode: str, scale: float = 1.0) -> SteeringSpec:
-    """The spec for one sweep cell (see the module docstring for what ``strength`` means per mode)."""
-    ld = direction.at(layer)
-    if mode == "add":
-        return make_spec(ld, layer, coeff=strength * scale * ld.norm, mode="add")
-    if mode == "project":
-        if ld.proj_with is None:
-            raise WorkbenchError(f"direction {direction.name!r} stores no projection target for project mode")
-        return make_spec(ld, layer, mode="project", target=strength * scale * ld.proj_with)
-    return make_spec(ld, layer, mode=mode)
-
-
-@dataclass(frozen=True)
-class SweepTarget:
-    """What one sweep row steers and scores: validation rows, a direction, a mode; ``group`` is the selection unit."""
-
-    name: str
-    rows: PairDataset
-    direction: Direction
-    mode: str = "project"
-    group: str = ""
-    scale: float = 1.0
-    with_instruction: bool = False
-
-    @property
-    def group_name(self) -> str:
-        return self.group or self.name
-
-    def prompts(self) -> list[str]:
-        return self.rows.prompts() if self.with_instruction else self.rows.prompts_without_instruction()
-
 
 @dataclass
 class SweepSettings:
@@ -208,7 +159,7 @@ def run_sweep(
     """Run (or resume) the sweep; every finished unit is in ``path`` as soon as the driver has it.
 
     ``executor``: ``"local"`` (in this process), ``"ray"`` (a local Ray cluster) or an
-    :class:`~workbench.experiments.executors.Executor` such as ``RayExecutor(address=..., workers=...)``.
+    :class:`~workbench.experiments.job.Executor` such as ``RayExecutor(address=..., workers=...)``.
     Resume and dedupe live here, so every executor records each unit exactly once.
     """
     reference = model if reference is None else reference

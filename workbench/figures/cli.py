@@ -32,7 +32,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "projections and a small real steering sweep, and write each figure as interactive HTML and a PNG.",
     )
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"built-in name, local folder or hub id (default {DEFAULT_MODEL})")
-    from ..cli import device_arg, folder_arg
+    from ..cli_types import device_arg, folder_arg
 
     p.add_argument("--out", type=folder_arg(), default="figures", help="output folder (default figures)")
     p.add_argument("--quick", action="store_true", help="fewer pairs, prompts and sweep cells (a smoke run, minutes less)")

@@ -7,7 +7,8 @@
 """
 
 from .gguf_control import export_control_vector, llama_cpp_index, load_control_vector
-from .torch_vectors import detect_format, import_direction, load_vectors, parse_layer_key
+from .importing import import_direction
+from .torch_vectors import detect_format, load_vectors, parse_layer_key
 
 __all__ = [
     "detect_format", "export_control_vector", "import_direction",

@@ -48,7 +48,8 @@ def cmd_directions_export(args: argparse.Namespace) -> int:
 
 def cmd_directions_import(args: argparse.Namespace) -> int:
     """Read a GGUF control vector, safetensors or torch file (detected by content) into a workbench direction file."""
-    from .torch_vectors import detect_format, import_direction
+    from .importing import import_direction
+    from .torch_vectors import detect_format
 
     from .lm_eval import is_lm_eval_file
 
@@ -114,7 +115,7 @@ def register(dsub: Any) -> None:
     e.add_argument("--format", default="gguf", choices=("gguf", "lm-eval"),
                    help="gguf: llama.cpp control vector (default); lm-eval: steer_path .pt of lm-eval's steered model")
     from ..arguments import finite_float
-    from ..cli import device_arg, output_file
+    from ..cli_types import device_arg, output_file
 
     e.add_argument("--out", type=output_file, required=True, help="output file, e.g. title.gguf or title.pt")
     e.add_argument("--layers", "--layer", dest="layers",
@@ -169,7 +170,7 @@ def register_top(sub: Any) -> None:
     isub = p.add_subparsers(dest="interop_command", required=True)
     c = isub.add_parser("ifeval-crosscheck", help="score a reproduce run's generations.jsonl with ours and lm-eval's IFEval checkers")
     c.add_argument("file", help="generations.jsonl of a reproduce run")
-    from ..cli import optional_output_file
+    from ..cli_types import optional_output_file
 
     c.add_argument("--out", type=optional_output_file, default=None, help="also write the Markdown table here")
     c.add_argument("--show", type=int, default=10, help="disagreeing responses to print (default 10)")

@@ -134,7 +134,7 @@ class _Resolver:
                 if name in WORD_ARGUMENTS:
                     kwargs = {WORD_ARGUMENTS[name]: [word]}
             elif family == "format":
-                from ..experiments.reproduce import format_target_names
+                from ..experiments.targets import format_target_names
 
                 try:
                     ((_, iid, kwargs),) = format_target_names([name])

@@ -2,9 +2,9 @@
 
 Accepted: a ``torch.save`` file or a safetensors file holding a dict ``layer -> [d_model]`` (keys
 ``5``, ``"5"``, ``"layers.5"``, ``"model.layers.5"``, ``"blocks.5.hook_resid_post"``), or a single
-``[n_layers, d_model]`` tensor (row i = layer i). :func:`import_direction` also reads llama.cpp
-GGUF control vectors, workbench direction files and lm-evaluation-harness steer files
-(:mod:`workbench.interop.lm_eval`). Nothing is ever unpickled beyond tensors and plain
+``[n_layers, d_model]`` tensor (row i = layer i). :func:`~workbench.interop.importing.import_direction`
+also reads llama.cpp GGUF control vectors, workbench direction files and lm-evaluation-harness steer files
+(:mod:`workbench.interop.lm_eval`), detected by content here (:func:`detect_format`). Nothing is ever unpickled beyond tensors and plain
 containers: torch files are read with ``weights_only=True`` only.
 """
 
@@ -274,40 +274,6 @@ def _direction(
         hook="resid_post",
         extra=extra,
     )
-
-
-def import_direction(
-    path: str | Path,
-    model: Any | None = None,
-    layers: Sequence[int] | None = None,
-    name: str | None = None,
-) -> Direction:
-    """Any supported vector file -> :class:`Direction`: llama.cpp GGUF, workbench file, lm-eval steer file, safetensors or torch.
-
-    >>> import_direction("title.pt", model=model)  # an lm-eval steer file: the Direction load_lm_eval() reads
-    """
-    path = Path(path)
-    found = detect_format(path)
-    if found == "lm-eval":
-        if layers is not None:
-            raise WorkbenchError(f"{path}: an lm-eval steer file names its layers in its hookpoints; layers= does not apply")
-        from .lm_eval import load_lm_eval
-
-        return load_lm_eval(path, model=model, name=name)
-    if found == "gguf":
-        if layers is not None:
-            raise WorkbenchError(f"{path}: a GGUF control vector names its layers; layers= does not apply")
-        from .gguf_control import load_control_vector
-
-        return load_control_vector(path, model=model, name=name)
-    if found == "workbench":
-        if layers is not None:
-            raise WorkbenchError(f"{path}: a workbench direction file names its layers; layers= does not apply")
-        from dataclasses import replace
-
-        direction = Direction.load(path, model=model)
-        return replace(direction, name=name) if name else direction
-    return load_vectors(path, model=model, layers=layers, name=name)
 
 
 def _first_line(exc: BaseException) -> str:

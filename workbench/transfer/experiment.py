@@ -15,6 +15,7 @@ from ..data import PairDataset, load_pairs
 from ..errors import LayerError, ShapeError, WorkbenchError
 from ..experiments.conditions import CONDITIONS
 from ..models import model_info
+from ..names import safe_name
 from .direct import random_like, transfer_direction
 from .maps import KINDS, MIN_PROMPTS, ResidualMap, check_fit_texts, load_maps, save_maps
 from .match import LayerMatch, match_from_activations
@@ -92,10 +93,9 @@ def _maps(run: Any, src_run: Any, source: Any, texts: PairDataset | None) -> tup
 
 def exp_mapped_transfer(run: Any, source: Any) -> dict[str, Any]:
     """Transfer each instruction's source direction through maps and report the four directions' rows on the target."""
-    from ..experiments.reproduce import _model_dir, _sel_meta, _specs_for
-    from ..experiments.run import Run, attach_p_values
-    from ..experiments.sweep import SweepTarget
     from ..experiments.config import TITLE_ID
+    from ..experiments.run import Run, attach_p_values
+    from ..experiments.targets import SweepTarget, cell_meta, cell_specs
 
     cfg = run.config
     check_map_option(cfg.map, cfg.map_prompts)
@@ -138,7 +138,7 @@ def exp_mapped_transfer(run: Any, source: Any) -> dict[str, Any]:
         own[iid] = d_own
         run.directions[iid] = d_tr
         run.directions[f"{iid}.random"] = null[iid]
-        d_src.save(run.out_dir / "directions" / "source" / f"{_model_dir(iid)}.safetensors")
+        d_src.save(run.out_dir / "directions" / "source" / f"{safe_name(iid)}.safetensors")
         targets += [SweepTarget(iid, vals[iid], d_tr, mode), SweepTarget(f"{iid}.own", vals[iid], d_own, mode)]
     sweep = run.sweep(targets)
     plans = []
@@ -151,14 +151,14 @@ def exp_mapped_transfer(run: Any, source: Any) -> dict[str, Any]:
             if paper is not None and not _same_cell(ours, paper):  # the paper's perplexity-only pick beside ours
                 plan.append((label, d, paper, STEERED, "paper"))
         plans.append((iid, plan))
-    run.prefetch_conditions([(evals[iid], _specs_for(run, d, sel, mode), conds) for iid, plan in plans for _, d, sel, conds, _ in plan])
+    run.prefetch_conditions([(evals[iid], cell_specs(d, sel, mode), conds) for iid, plan in plans for _, d, sel, conds, _ in plan])
     table: list[dict[str, Any]] = []
     for iid, plan in plans:
         run.say(f"  {iid}: transferred / own / random directions on {len(evals[iid])} evaluation prompts")
         for label, d, sel, conds, rule in plan:
             meta = {"instruction_id": iid, "source": s_name, "direction": label, "rule": rule,
-                    "map": kind if label == "transferred" else None, **_sel_meta(sel, mode)}
-            part = run.conditions_table(evals[iid], _specs_for(run, d, sel, mode), meta, conds)
+                    "map": kind if label == "transferred" else None, **cell_meta(sel, mode)}
+            part = run.conditions_table(evals[iid], cell_specs(d, sel, mode), meta, conds)
             for r in part:
                 if r["condition"] not in STEERED:
                     r["direction"], r["map"], r["rule"] = "none", None, None
