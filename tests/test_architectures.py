@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import workbench as wb
-from workbench.evaluation.prompt_states import PromptStates
+from workbench.decoding.prompt_states import PromptStates
 from workbench.cli import main
 from workbench.models.check import CHECK_PROMPTS, SETTINGS, check_model
 from workbench.models.loading import model_info

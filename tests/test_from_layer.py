@@ -8,8 +8,8 @@ import torch
 import workbench as wb
 import workbench.evaluation.quality as quality
 from workbench.errors import WorkbenchError
-from workbench.evaluation.prompt_states import PromptStates, response_logprobs_cached
-from workbench.models.from_layer import LayerStart, first_changed_layer, from_layer
+from workbench.decoding.from_layer import LayerStart, first_changed_layer, from_layer
+from workbench.decoding.prompt_states import PromptStates, response_logprobs_cached
 from workbench.models.loading import model_info
 from workbench.models.plain import plain_model_for
 from workbench.steering import SteeringSpec
@@ -100,7 +100,7 @@ def test_a_packed_call_of_unsteered_rows_only_decodes_eagerly_and_scores_from_it
 
 def test_a_packed_memo_runs_each_prompt_once_for_scoring_and_decoding(tiny, monkeypatch):
     """Scoring first and decoding after (a resumed sweep) share one prompt store that keeps hidden states."""
-    import workbench.evaluation.prompt_states as ps
+    import workbench.decoding.prompt_states as ps
     from workbench.experiments.conditions import GenerationMemo
 
     ran: list[int] = []

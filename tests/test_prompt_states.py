@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import workbench.evaluation.quality as quality
-from workbench.evaluation.prompt_states import MIN_SHARED_PREFIX, PromptStates, fits, length_batches, response_logprobs_cached
+from workbench.decoding.prompt_states import MIN_SHARED_PREFIX, PromptStates, fits, length_batches, response_logprobs_cached
 from workbench.models.loading import model_info
 from workbench.models.plain import plain_model_for
 

@@ -87,7 +87,7 @@ def test_cells_resume_from_the_kept_unsteered_states_with_the_same_logprobs(tiny
     run once (``shared``): the full pass's log-probabilities (bit for bit without the prefix, within float noise with
     it), and the layers before it do not run."""
     from workbench.experiments.search import _batches, _score_batches, response_logprobs
-    from workbench.models.from_layer import first_changed_layer
+    from workbench.decoding.from_layer import first_changed_layer
     from workbench.models.plain import decoder_layers, plain_model_for
 
     data, direction = title_direction

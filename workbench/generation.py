@@ -15,8 +15,8 @@ from .models.backends import GENERATION_BACKENDS, check_backend
 from .models.loading import model_info
 from .models.prompts import ContextLengthError
 from .models.plain import plain_model_for
-from .models.from_layer import LayerStart, first_changed_layer
-from .static_decoding import Capture, next_tokens, static_decoder_for
+from .decoding.from_layer import LayerStart, first_changed_layer
+from .decoding.static import Capture, next_tokens, static_decoder_for
 from .steering.bridge import steer_rows
 from .steering.condition import gated_row_specs, gates_open
 from .steering.plain import hf_steer, hf_steer_rows
@@ -130,7 +130,7 @@ def generate(
     faster), or through the TransformerLens bridge (``bridge``); ``auto`` takes ``plain``
     unless hooks are active that only the bridge can run. ``compiled`` decodes like ``plain``
     on a static KV cache with a ``torch.compile``d step: faster per token at batch 1, after a
-    one-off compile per batch size and length bucket (:mod:`workbench.static_decoding`). All
+    one-off compile per batch size and length bucket (:mod:`workbench.decoding.static`). All
     give the same greedy tokens; sampling draws from the workbench's own seeded generator there.
 
     A prompt whose tokens plus ``max_new_tokens`` exceed the model's context (``cfg.n_ctx``)
@@ -146,12 +146,12 @@ def generate(
     call with ``row_steering`` on the plain path decodes in the workbench's eager loop (ended rows leave the
     batch) even when no row is steered (``[[]] * len(prompts)``).
 
-    ``unsteered_states``: a list to fill with one :class:`~workbench.models.from_layer.LayerStart` or ``None``
+    ``unsteered_states``: a list to fill with one :class:`~workbench.decoding.from_layer.LayerStart` or ``None``
     per prompt: for greedy ``row_steering`` rows on the plain path, the residual stream entering the first layer
     their steering changes, at each generated token fed back. It is the unsteered model's there, so the
     response's perplexity can be scored from that layer on (:func:`~workbench.evaluation.quality.response_nlls`);
     for rows decoded with no steering at all, the log-probability of each token, which is that score itself.
-    ``prompt_states``: a :class:`~workbench.evaluation.prompt_states.PromptStates` with ``keep_hidden=True``; those
+    ``prompt_states``: a :class:`~workbench.decoding.prompt_states.PromptStates` with ``keep_hidden=True``; those
     rows' prompt passes then start at the first layer their steering changes, the unsteered layers before it
     taken from the states (each prompt runs once however many rows share it).
 
@@ -178,7 +178,7 @@ def generate(
     if unsteered_states is not None and not isinstance(unsteered_states, list):
         raise WorkbenchError(f"generate: unsteered_states must be a list to fill, got {type(unsteered_states).__name__}")
     if prompt_states is not None:
-        from .evaluation.prompt_states import PromptStates
+        from .decoding.prompt_states import PromptStates
 
         if not isinstance(prompt_states, PromptStates) or not prompt_states.keep_hidden:
             raise WorkbenchError("generate: prompt_states must be a PromptStates(keep_hidden=True) (prompt passes start "

@@ -14,10 +14,10 @@ from typing import Any, Sequence
 import torch
 
 from ..errors import SteeringError, WorkbenchError
+from ..decoding.from_layer import LayerStart
+from ..decoding.prompt_states import PromptStates, fits, response_logprobs_cached
 from ..models.batching import pad_tokens
-from ..models.from_layer import LayerStart
 from ..models.loading import model_info
-from .prompt_states import PromptStates, fits, response_logprobs_cached
 
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)  # words, and each punctuation mark on its own
 
@@ -67,7 +67,7 @@ def response_nlls(
 
     On the plain model each formatted prompt runs once and its KV cache is reused for every response to it
     (``states``: a store kept across calls, e.g. by a sweep; default: one for this call), and responses are
-    scored in batches of similar length (:mod:`.prompt_states`); else right-padded batches on the bridge.
+    scored in batches of similar length (:mod:`workbench.decoding.prompt_states`); else right-padded batches on the bridge.
     ``starts``: per response, the unsteered hidden states its steered decode recorded
     (``generate(unsteered_states=...)``), so its scoring starts at the layer steering first changed."""
     if len(prompts) != len(responses):
@@ -133,7 +133,7 @@ def response_perplexities(
 ) -> list[float]:
     """``exp(mean NLL)`` of each response's tokens under ``model``; NaN for an empty response.
 
-    ``states``: prompt caches to reuse across calls (:class:`~.prompt_states.PromptStates`); ``starts``: see
+    ``states``: prompt caches to reuse across calls (:class:`~workbench.decoding.prompt_states.PromptStates`); ``starts``: see
     :func:`response_nlls`.
 
     >>> response_perplexities(model, ["Describe a cat."], ["A cat is a small furry animal."])

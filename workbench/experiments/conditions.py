@@ -15,10 +15,10 @@ from typing import Any, Sequence
 import torch
 
 from ..data import PairRow
-from ..evaluation.prompt_states import PromptStates
+from ..decoding.from_layer import LayerStart
+from ..decoding.prompt_states import PromptStates
 from ..evaluation.quality import response_perplexities
 from ..generation import generate
-from ..models.from_layer import LayerStart
 from ..models.loading import model_info
 from ..steering import SteeringSpec, steer
 
@@ -66,7 +66,7 @@ class GenerationMemo:
     def perplexities(self, reference: Any, prompts: Sequence[str], responses: Sequence[str], batch_size: int) -> list[float]:
         """``response_perplexities`` of the whole call, computed once per run: the unsteered no-instruction responses
         of every format instruction are the same texts, scored once. Each prompt's KV cache is kept for the run
-        (:class:`~workbench.evaluation.prompt_states.PromptStates`): a prompt runs once however many cells score it.
+        (:class:`~workbench.decoding.prompt_states.PromptStates`): a prompt runs once however many cells score it.
         A response of the last packed call starts at the layer its steering first changed: the layers before it
         already ran, unsteered, while it was decoded."""
         name = model_info(reference).name

@@ -26,13 +26,13 @@ from jaxtyping import Float
 from tqdm.auto import tqdm
 
 from ..arguments import check_count
+from ..decoding.from_layer import first_changed_layer, from_layer
+from ..decoding.prompt_states import MIN_SHARED_PREFIX, PromptState, run_prompts, window_fits
 from ..errors import LayerError, SteeringError, WorkbenchError
-from ..evaluation.prompt_states import MIN_SHARED_PREFIX, PromptState, run_prompts, window_fits
 from ..evaluation.quality import _encode_pairs
 from ..models.loading import model_info
 from ..models.prompts import ContextLengthError
 from ..models.batching import pad_tokens
-from ..models.from_layer import first_changed_layer, from_layer
 from ..models.plain import decoder_layers, layer_output, plain_model_for
 from ..steering import SteeringSpec, hf_steer, resolve_specs
 from .conditions import GenerationMemo

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float
 
 from ..errors import WorkbenchError
-from .plain import decoder_layers
+from ..models.plain import decoder_layers
 
 
 @dataclass

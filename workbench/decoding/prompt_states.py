@@ -23,8 +23,8 @@ from jaxtyping import Float
 
 from ..errors import WorkbenchError
 from ..models.batching import pad_tokens
-from ..models.from_layer import LayerStart, from_layer
 from ..models.plain import decoder_layers, layer_output
+from .from_layer import LayerStart, from_layer
 
 MAX_PAD_SHARE = 0.2  # a scoring batch grows while its padding stays under this share of its response tokens
 MIN_SHARED_PREFIX = 4  # tokens; a shorter shared prefix runs with each prompt (not worth its own pass)
@@ -223,7 +223,7 @@ def response_logprobs_cached(
     ids) pair, on the prompts' cached states; an empty response gives ``[]``.
 
     ``starts``: per pair, the unsteered residual stream a steered decode computed for the response's tokens
-    (:class:`~workbench.models.from_layer.LayerStart`); that pair's layers before ``start.layer`` are not run
+    (:class:`~.from_layer.LayerStart`); that pair's layers before ``start.layer`` are not run
     again, and an unsteered decode's own log-probabilities are taken as they are. A start recorded for other
     tokens is ignored."""
     from transformers import DynamicCache

@@ -21,14 +21,14 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 from jaxtyping import Float, Int
 
-from .errors import WorkbenchError
-from .evaluation.prompt_states import window_fits
-from .models.attention import use_sdpa_gqa
-from .models.from_layer import first_changed_layer, from_layer
-from .models.plain import build_plain_model, decoder_layers, layer_input, layer_output, with_layer_input, with_layer_output
-from .steering.compiled import SteeringSlots
-from .steering.rows import PHASES
-from .steering.spec import SteeringSpec
+from ..errors import WorkbenchError
+from ..models.attention import use_sdpa_gqa
+from ..models.plain import build_plain_model, decoder_layers, layer_input, layer_output, with_layer_input, with_layer_output
+from ..steering.compiled import SteeringSlots
+from ..steering.rows import PHASES
+from ..steering.spec import SteeringSpec
+from .from_layer import first_changed_layer, from_layer
+from .prompt_states import window_fits
 
 BUCKET = 128  # cache lengths are rounded up to a multiple of this, so prompts of similar length share a compile
 STATES_BATCH = 32  # prompts run at a time to fill kept prompt states (each keeps every layer's output)
@@ -207,7 +207,7 @@ class StaticDecoder:
         does not keep decoding finished rows. Needs a ``pick`` that treats rows alike (greedy): the rows a
         step computes change. ``capture`` (eager only): record each row's unsteered input to a layer at every
         token fed back (:class:`Capture`). ``prompt_states`` (eager, per row): a
-        :class:`~workbench.evaluation.prompt_states.PromptStates` keeping hidden states, run on ``states_model``
+        :class:`~.prompt_states.PromptStates` keeping hidden states, run on ``states_model``
         (the unsteered plain model): each row's prompt pass starts at the first layer its steering changes."""
         args = (ids, mask, specs, max_new_tokens, min_new_tokens, eos, pad, pick, per_row, eager, capture,
                 prompt_states, states_model)
@@ -350,7 +350,7 @@ class StaticDecoder:
 
 def static_decoder_for(model: Any) -> StaticDecoder:
     """The loaded model's static decoder, built on first use."""
-    from .models.loading import model_info
+    from ..models.loading import model_info
 
     info = model_info(model)
     if info.static_decoder is None:
