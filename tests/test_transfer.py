@@ -310,3 +310,31 @@ def test_layer_match_reuses_each_source_layers_svd_without_changing_a_fit():
         alone = fit_map_from_activations(xs[:, s], ys[:, t], source=("a", s, 2), target=("b", t, 3))
         assert torch.allclose(m.weight, alone.weight, atol=1e-6) and m.metrics == alone.metrics
         assert m.regularisation == alone.regularisation
+
+
+def test_transfer_cosines_name_each_layer_and_its_map():
+    """transfer_cosines: the cosine with the own direction per target layer, the null's beside it, the map's fit."""
+    g = torch.Generator().manual_seed(3)
+    with_acts, without_acts = torch.randn(6, 2, 64, generator=g) + 1, torch.randn(6, 2, 64, generator=g)
+    d = direction_from_activations(with_acts, without_acts, layers=[1, 3], name="t", model_name="a", n_model_layers=4)
+    maps = [fit_map_from_activations(torch.randn(30, 64, generator=g), torch.randn(30, WIDE, generator=g), source=("a", s, 4),
+                                     target=("b", t, 3), ridge=0.1) for s, t in ((3, 2), (1, 0))]
+    moved = wb.transfer_direction(d, maps)
+    own = direction_from_activations(torch.randn(6, 3, WIDE, generator=g) + 1, torch.randn(6, 3, WIDE, generator=g), layers=[0, 1, 2],
+                                     name="t", model_name="b", n_model_layers=3)
+    null = random_like(moved, seed=0)
+    rows = wb.transfer.transfer_cosines(moved, own, null)
+    assert [(r["target_layer"], r["source_layer"]) for r in rows] == [(0, 1), (2, 3)]
+    for r in rows:
+        want = torch.nn.functional.cosine_similarity(moved.at(r["target_layer"]).vector, own.at(r["target_layer"]).vector, dim=0)
+        assert r["cos_transferred_own"] == pytest.approx(float(want), abs=1e-4) and r["cos_random_own"] is not None
+        m = next(m for m in maps if m.target_layer == r["target_layer"])
+        assert (r["map_r2"], r["n_fit"], r["n_heldout"]) == (m.metrics["r2"], m.metrics["n_fit"], m.metrics["n_heldout"])
+    assert wb.transfer.transfer_cosines(moved, own)[0]["cos_random_own"] is None
+    from workbench.transfer.figures import cosine_figure
+    assert len(cosine_figure(rows).data) == 2 and len(cosine_figure(wb.transfer.transfer_cosines(moved, own)).data) == 1
+    with pytest.raises(ShapeError, match="transfer_cosines"):
+        wb.transfer.transfer_cosines(moved, d)
+    with pytest.raises(LayerError, match="no vector at layer"):
+        wb.transfer.transfer_cosines(moved, direction_from_activations(torch.randn(6, 1, WIDE) + 1, torch.randn(6, 1, WIDE),
+                                                                       layers=[0], name="t", model_name="b", n_model_layers=3))

@@ -105,3 +105,30 @@ def random_like(direction: Direction, seed: int = 0,
         proj_with = proj_without + (direction.proj_with - direction.proj_without)
     return replace(direction, vectors=vectors, name=f"random({direction.name})", proj_with=proj_with, proj_without=proj_without,
                    extra={**direction.extra, "random": {"seed": seed, "norm_of": direction.name}})
+
+
+def transfer_cosines(transferred: Direction, own: Direction, null: Direction | None = None) -> list[dict[str, Any]]:
+    """Per target layer of ``transferred``: its cosine with the target model's ``own`` direction (and ``null``'s, e.g.
+    :func:`random_like`), both norms, and the source layer and held-out fit of the map that carried it there.
+
+    >>> rows = transfer_cosines(title_b, own_b, random_like(title_b)); cosine_figure(rows)   # workbench.transfer.figures
+    """
+    if own.model_name != transferred.model_name or own.d_model != transferred.d_model:
+        raise ShapeError(f"transfer_cosines: the transferred direction is of {transferred.model_name} (d_model {transferred.d_model}), "
+                         f"the own one of {own.model_name} (d_model {own.d_model})")
+    missing = [t for t in transferred.layers if t not in own.layers]
+    if missing:
+        raise LayerError(f"transfer_cosines: the own direction has no vector at layer(s) {missing}")
+    if null is not None and list(null.layers) != list(transferred.layers):
+        raise LayerError(f"transfer_cosines: the null has layers {list(null.layers)}, the transferred direction {list(transferred.layers)}")
+    maps = {m["target_layer"]: m for m in transferred.extra.get("transfer", {}).get("layers", [])}
+    cos = lambda a, b: round(float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=0)), 4)  # noqa: E731
+    out = []
+    for t in transferred.layers:
+        v, o, m = transferred.at(t).vector, own.at(t).vector, maps.get(t, {})
+        out.append({"instruction_id": transferred.name, "target_layer": t, "source_layer": m.get("source_layer"),
+                    "cos_transferred_own": cos(v, o), "cos_random_own": None if null is None else cos(null.at(t).vector, o),
+                    "norm_transferred": round(float(v.norm()), 3), "norm_own": round(float(o.norm()), 3),
+                    "map_r2": m.get("r2"), "map_centred_cosine": m.get("centred_cosine"), "n_fit": m.get("n_fit"),
+                    "n_heldout": m.get("n_heldout")})
+    return out

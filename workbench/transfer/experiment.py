@@ -9,14 +9,12 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
-
 from ..data import PairDataset, load_pairs
 from ..errors import LayerError, ShapeError, WorkbenchError
 from ..experiments.conditions import CONDITIONS
 from ..models import model_info
 from ..names import safe_name
-from .direct import random_like, transfer_direction
+from .direct import random_like, transfer_cosines, transfer_direction
 from .maps import KINDS, MIN_PROMPTS, ResidualMap, check_fit_texts, load_maps, save_maps
 from .match import LayerMatch, match_from_activations
 
@@ -180,20 +178,7 @@ def _same_cell(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
 
 def cosine_rows(run: Any, ids: Sequence[str], own: dict[str, Any], null: dict[str, Any], maps: Sequence[ResidualMap]) -> list[dict[str, Any]]:
     """Per instruction and target layer: cosine of the transferred (and of the random) direction with the target's own."""
-    by_target = {m.target_layer: m for m in maps}
-    out = []
-    for iid in ids:
-        d = run.directions[iid]
-        for t in d.layers:
-            v, o, r = d.at(t).vector, own[iid].at(t).vector, null[iid].at(t).vector
-            m = by_target[t]
-            out.append({"instruction_id": iid, "target_layer": t, "source_layer": m.source_layer,
-                        "cos_transferred_own": round(float(torch.nn.functional.cosine_similarity(v, o, dim=0)), 4),
-                        "cos_random_own": round(float(torch.nn.functional.cosine_similarity(r, o, dim=0)), 4),
-                        "norm_transferred": round(float(v.norm()), 3), "norm_own": round(float(o.norm()), 3),
-                        "map_r2": m.metrics.get("r2"), "map_centred_cosine": m.metrics.get("centred_cosine"),
-                        "n_fit": m.metrics.get("n_fit"), "n_heldout": m.metrics.get("n_heldout")})
-    return out
+    return [row for iid in ids for row in transfer_cosines(run.directions[iid], own[iid], null[iid])]
 
 
 def _transfer_figures(run: Any, match: LayerMatch | None, cosines: list[dict[str, Any]], table: list[dict[str, Any]]) -> None:

@@ -24,8 +24,9 @@ def cosine_figure(rows: Sequence[Mapping[str, Any]]) -> Any:
                                  customdata=[[r["source_layer"], r["map_r2"]] for r in mine],
                                  hovertemplate="target layer %{x}<br>cos %{y:.3f}<br>from source layer %{customdata[0]}"
                                                "<br>map held-out R2 %{customdata[1]}<extra></extra>"))
-        fig.add_trace(go.Scatter(x=x, y=[r["cos_random_own"] for r in mine], mode="lines", line={"dash": "dot"},
-                                 name=f"{iid}: random (null)"))
+        if any(r.get("cos_random_own") is not None for r in mine):
+            fig.add_trace(go.Scatter(x=x, y=[r["cos_random_own"] for r in mine], mode="lines", line={"dash": "dot"},
+                                     name=f"{iid}: random (null)"))
     fig.update_layout(title="Cosine with the target model's own direction, by target layer", xaxis_title="target layer",
                       yaxis={"title": "cosine", "range": [-1, 1]}, template="plotly_white")
     return fig
