@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import workbench as wb
+from workbench.decoding import decode_packed
 from workbench.decoding.prompt_states import PromptStates
 from workbench.cli import main
 from workbench.models.check import CHECK_PROMPTS, SETTINGS, check_model
@@ -102,6 +103,5 @@ def test_packed_rows_match_each_setting_alone(twin_dir, family):
     assert [packed[i * n:(i + 1) * n] for i in range(len(settings))] == alone
     # prompt passes started from kept unsteered states (where no window is shorter than a row)
     states = PromptStates(keep_hidden=True, prefix=model_info(model).formatter.template_prefix())
-    started = wb.generate(model, prompts, max_new_tokens=N_NEW, batch_size=len(prompts), return_tokens=True,
-                          row_steering=rows, prompt_states=states)
+    started = decode_packed(model, prompts, rows, max_new_tokens=N_NEW, batch_size=len(prompts), states=states).tokens
     assert started == packed

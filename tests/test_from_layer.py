@@ -8,6 +8,7 @@ import torch
 import workbench as wb
 import workbench.evaluation.quality as quality
 from workbench.errors import WorkbenchError
+from workbench.decoding import decode_packed
 from workbench.decoding.from_layer import LayerStart, first_changed_layer, from_layer
 from workbench.decoding.prompt_states import PromptStates, response_logprobs_cached
 from workbench.models.loading import model_info
@@ -46,9 +47,8 @@ def test_unsteered_states_are_the_unsteered_models_residual_stream(tiny, one_thr
     settings = _settings(tiny)
     prompts = [p for _ in settings for p in PROMPTS]
     rows = [specs for specs, _ in settings for _ in PROMPTS]
-    states: list = []
-    tokens = wb.generate(tiny, prompts, max_new_tokens=N, batch_size=len(prompts), return_tokens=True,
-                         row_steering=rows, unsteered_states=states)
+    out = decode_packed(tiny, prompts, rows, max_new_tokens=N, batch_size=len(prompts))
+    tokens, states = out.tokens, out.starts
     assert len(states) == len(prompts)
     formatter = model_info(tiny).formatter
     n_layers = int(tiny.cfg.n_layers)
@@ -85,9 +85,8 @@ def test_a_packed_call_of_unsteered_rows_only_decodes_eagerly_and_scores_from_it
     the eager loop (the same tokens as a plain call), so each response's perplexity is its own decode's."""
     from workbench.experiments.conditions import GenerationMemo
 
-    states: list = []
-    tokens = wb.generate(tiny, PROMPTS, max_new_tokens=N, batch_size=2, return_tokens=True,
-                         row_steering=[[] for _ in PROMPTS], unsteered_states=states)
+    out = decode_packed(tiny, PROMPTS, [[] for _ in PROMPTS], max_new_tokens=N, batch_size=2)
+    tokens, states = out.tokens, out.starts
     assert tokens == wb.generate(tiny, PROMPTS, max_new_tokens=N, batch_size=2, return_tokens=True)
     assert all(s is not None and s.logprobs is not None and list(s.tokens) == t for s, t in zip(states, tokens))
     memo = GenerationMemo(tiny, max_new_tokens=N)
@@ -117,9 +116,8 @@ def test_scoring_from_a_start_equals_the_full_pass(tiny, one_thread):
     settings = _settings(tiny)
     prompts = [p for _ in settings for p in PROMPTS]
     rows = [specs for specs, _ in settings for _ in PROMPTS]
-    starts: list = []
-    tokens = wb.generate(tiny, prompts, max_new_tokens=N, batch_size=7, row_steering=rows, unsteered_states=starts,
-                         return_tokens=True)
+    out = decode_packed(tiny, prompts, rows, max_new_tokens=N, batch_size=7)
+    tokens, starts = out.tokens, out.starts
     formatter = model_info(tiny).formatter
     pairs = [(list(formatter.token_ids(p, False)), t) for p, t in zip(prompts, tokens)]
     plain = plain_model_for(tiny)
@@ -175,8 +173,7 @@ def test_prompt_passes_started_from_kept_states_give_the_same_tokens(tiny, one_t
     rows = [specs for specs, _ in settings for _ in PROMPTS]
     full = wb.generate(tiny, prompts, max_new_tokens=N, batch_size=batch_size, return_tokens=True, row_steering=rows)
     states = PromptStates(keep_hidden=True, prefix=model_info(tiny).formatter.template_prefix() if shared else ())
-    started = wb.generate(tiny, prompts, max_new_tokens=N, batch_size=batch_size, return_tokens=True,
-                          row_steering=rows, prompt_states=states)
+    started = decode_packed(tiny, prompts, rows, max_new_tokens=N, batch_size=batch_size, states=states).tokens
     assert started == full
     assert states.runs == len(PROMPTS) and all(s.hidden.shape[0] == 4 for s in states.entries.values())
     assert states.shared == (len(PROMPTS) if shared else 0)
@@ -187,9 +184,13 @@ def test_prompt_passes_started_from_kept_states_give_the_same_tokens(tiny, one_t
 
 
 def test_bad_state_arguments_are_one_line_errors(tiny):
-    with pytest.raises(WorkbenchError, match="unsteered_states must be a list"):
-        wb.generate(tiny, PROMPTS, max_new_tokens=2, unsteered_states=())
+    rows = [[] for _ in PROMPTS]
     with pytest.raises(WorkbenchError, match=r"PromptStates\(keep_hidden=True\)"):
-        wb.generate(tiny, PROMPTS, max_new_tokens=2, prompt_states=PromptStates())
+        decode_packed(tiny, PROMPTS, rows, max_new_tokens=2, batch_size=4, states=PromptStates())
     with pytest.raises(WorkbenchError, match=r"PromptStates\(keep_hidden=True\)"):
-        wb.generate(tiny, PROMPTS, max_new_tokens=2, prompt_states={})
+        decode_packed(tiny, PROMPTS, rows, max_new_tokens=2, batch_size=4, states={})
+    with pytest.raises(WorkbenchError, match=r"row_steering needs one list of specs per prompt \(3\), got 2"):
+        decode_packed(tiny, PROMPTS, rows[:2], max_new_tokens=2, batch_size=4)
+    for plumbing in ("unsteered_states", "prompt_states"):  # the sweep's, on the engine API: not generate's arguments
+        with pytest.raises(TypeError, match=plumbing):
+            wb.generate(tiny, PROMPTS, max_new_tokens=2, **{plumbing: []})

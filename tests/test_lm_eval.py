@@ -292,7 +292,7 @@ def test_lm_eval_greedy_tokens_equal_workbench_generate(tiny, title, lm_eval_mod
         ours = wb.generate(tiny, PROMPTS, max_new_tokens=n_new, return_tokens=True)
     plain = wb.generate(tiny, PROMPTS, max_new_tokens=n_new, return_tokens=True)
     assert ours != plain
-    eos = set(wb.generation.eos_token_ids(tiny))
+    eos = set(wb.decoding.eos_token_ids(tiny))
     for prompt, mine in zip(PROMPTS, ours):
         ctx = torch.tensor([lm.tok_encode(fmt.format(prompt))])
         # lm-eval's generation path (SteeredModel._model_generate: HF generate under its steering hooks)

@@ -89,8 +89,8 @@ def test_row_steering_bad_input(tiny):
 
 def test_ended_rows_leave_the_batch(tiny, monkeypatch):
     """Greedy per-row batches drop rows as they end; the tokens equal decoding every row to the end, and the bridge's."""
-    import workbench.generation as generation
-    import workbench.decoding.static as static_decoding
+    import workbench.decoding.driver as generation  # where a call reads its end tokens
+    import workbench.decoding.engine as static_decoding  # where the token loop reads COMPACT_SHARE
 
     settings = _settings(tiny)
     full = _packed(tiny, settings, 21, backend="plain")

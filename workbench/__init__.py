@@ -31,7 +31,7 @@ from .errors import (
     VectorFileError,
     WorkbenchError,
 )
-from .generation import generate
+from .decoding import generate
 from .models import BUILTIN_MODELS, DEFAULT_MODEL, PromptFormatter, load_model, model_info
 from .steering import Condition, SteeringSpec, fit_condition, steer
 from .transfer import LayerMatch, ResidualMap, fit_map, load_maps, match_layers, save_maps, transfer_direction

@@ -33,7 +33,7 @@ from jaxtyping import Int
 
 from .arguments import check_count
 from .errors import LayerError, ShapeError, SteeringError, WorkbenchError
-from .generation import eos_token_ids, generate
+from .decoding import eos_token_ids, generate
 from .models import model_info
 from .models.plain import decoder_layers
 from .steering import SteeringSpec, hidden_size, steer

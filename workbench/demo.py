@@ -17,7 +17,7 @@ from .evaluation import follow_rate
 from .evaluation.quality import degeneration
 from .evaluation.stats import wilson_interval
 from .figures import projection_figure, save_figure
-from .generation import generate
+from .decoding import generate
 from .io import write_json_atomic
 from .models import load_model, model_info
 from .steering import steer

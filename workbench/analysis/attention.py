@@ -81,7 +81,7 @@ def instruction_attention(
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in layers]
     responses = [[] for _ in tps]
     if response_tokens:
-        from ..generation import generate
+        from ..decoding import generate
 
         responses = generate(model, [row.prompt for row in pairs], max_new_tokens=response_tokens, return_tokens=True,
                              batch_size=batch_size, progress=progress)

@@ -65,7 +65,7 @@ def monitor(model: Any, direction: Direction, prompts: Sequence[str], layers: Se
 def _generated_projections(model: Any, prompts: list[str], layers: list[int], units: torch.Tensor, max_new_tokens: int,
                            batch_size: int) -> tuple[list[torch.Tensor], list[str]]:
     """Greedy responses and, per response token, the projection of the residual stream at that token's position."""
-    from ..generation import generate
+    from ..decoding import generate
     from ..models.loading import model_info
 
     tokens = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, return_tokens=True)
@@ -150,7 +150,7 @@ def compliance_monitor(model: Any, direction: Direction, pairs: Any, layers: Seq
     """AUROC by layer of the direction's last-token projection for (a) with vs without the instruction and (b) among
     instructed prompts, the unsteered greedy response following it; a seeded random direction is the null."""
     from ..evaluation.checkers import follows
-    from ..generation import generate
+    from ..decoding import generate
     from ..transfer.direct import random_like
 
     rows = pairs.with_twin()

@@ -69,7 +69,8 @@ def response_nlls(
     (``states``: a store kept across calls, e.g. by a sweep; default: one for this call), and responses are
     scored in batches of similar length (:mod:`workbench.decoding.prompt_states`); else right-padded batches on the bridge.
     ``starts``: per response, the unsteered hidden states its steered decode recorded
-    (``generate(unsteered_states=...)``), so its scoring starts at the layer steering first changed."""
+    (``Decoded.starts`` of :func:`workbench.decoding.decode_packed`), so its scoring starts at the layer steering first
+    changed."""
     if len(prompts) != len(responses):
         raise WorkbenchError(f"{len(prompts)} prompts but {len(responses)} responses")
     hooked = active_hooks(model)

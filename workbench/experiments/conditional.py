@@ -19,7 +19,7 @@ import torch
 
 from ..errors import DatasetError
 from ..evaluation.stats import rate_cell
-from ..generation import generate
+from ..decoding import generate
 from ..steering import Condition, steer
 from ..steering.condition import choose_gate
 from .conditions import pack_size

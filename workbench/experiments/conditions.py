@@ -15,10 +15,10 @@ from typing import Any, Sequence
 import torch
 
 from ..data import PairRow
+from ..decoding import decode_packed, generate
 from ..decoding.from_layer import LayerStart
 from ..decoding.prompt_states import PromptStates
 from ..evaluation.quality import response_perplexities
-from ..generation import generate
 from ..models.loading import model_info
 from ..steering import SteeringSpec, steer
 
@@ -47,7 +47,7 @@ class GenerationMemo:
     """Greedy generations of one model, cached by (steering, prompt); misses are generated in one batched call.
 
     :meth:`generate_many` packs the misses of several steering settings into shared decode batches of up to
-    ``max_batch`` rows (default :func:`pack_size`), each row steered on its own (``generate(row_steering=...)``).
+    ``max_batch`` rows (default :func:`pack_size`), each row steered on its own (:func:`~workbench.decoding.decode_packed`).
     """
 
     model: Any
@@ -107,14 +107,14 @@ class GenerationMemo:
             self.calls += 1
             rows = list(missing.values())
             t0 = time.perf_counter()
-            states: list[LayerStart | None] = []
-            out = generate(self.model, [p for p, _ in rows], max_new_tokens=n_tokens, seed=self.seed,
-                           batch_size=self.max_batch or pack_size(self.model), row_steering=[s for _, s in rows],
-                           unsteered_states=states, prompt_states=self.decode_states())
+            decoded = decode_packed(self.model, [p for p, _ in rows], [s for _, s in rows], max_new_tokens=n_tokens,
+                                    batch_size=self.max_batch or pack_size(self.model), seed=self.seed,
+                                    states=self.decode_states())
+            out = decoded.texts(self.model)
             self.seconds["decode"] += time.perf_counter() - t0
             self.cache.update(zip(missing, out))
             # kept for scoring this call's responses: the unsteered hidden states up to each row's steered layer
-            self.starts = {(p, text): start for (p, _), text, start in zip(rows, out, states) if start is not None}
+            self.starts = {(p, text): start for (p, _), text, start in zip(rows, out, decoded.starts) if start is not None}
         return [[self.cache[(key, n_tokens, p)] for p in prompts] for key, (prompts, _) in zip(keys, requests)]
 
     def generate(self, prompts: Sequence[str], specs: Sequence[SteeringSpec] = (), max_new_tokens: int | None = None) -> list[str]:

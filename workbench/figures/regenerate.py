@@ -17,7 +17,7 @@ from typing import Any, Callable
 from ..data import load_pairs
 from ..data.builtin import family_of
 from ..errors import WorkbenchError
-from ..generation import generate
+from ..decoding import generate
 from ..io import write_json_atomic
 from ..models import load_model, model_info
 from ..steering import steer

@@ -14,7 +14,7 @@ import torch
 
 from ..directions import Direction
 from ..evaluation import follow_rate
-from ..generation import generate
+from ..decoding import generate
 from ..models.loading import model_info
 from ..steering import steer
 from .records import CONDITIONS

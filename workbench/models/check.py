@@ -57,7 +57,7 @@ def check_model(
     ...     print(result.line())
     """
     from ..activations import collect_activations
-    from ..generation import generate
+    from ..decoding import generate
     from ..steering import steer
 
     n_layers, d_model = int(model.cfg.n_layers), int(model.cfg.d_model)

@@ -34,7 +34,7 @@ class ModelInfo:
     gates_open: bool = False  # generate() is deciding and applying the conditional blocks (their guard lets it run)
     generation_state: Any = None
     plain: Any = None  # lazily built plain transformers model sharing the weights
-    static_decoder: Any = None  # lazily built compiled decoder (generate(backend="compiled"))
+    static_decoder: Any = None  # lazily built StaticModel the eager and compiled engines run (workbench.decoding.static)
 
     @property
     def is_instruct(self) -> bool:

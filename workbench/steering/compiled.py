@@ -1,6 +1,6 @@
 """Steering in a compiled decoding step: the active specs held as per-layer slot tensors.
 
-The compiled step (:mod:`workbench.decoding.static`) reads these tensors from hooks inside its
+The compiled step (:mod:`workbench.decoding.compiled`) reads these tensors from hooks inside its
 graph, so new directions, strengths, modes and layers reuse the compiled code. The arithmetic is
 :func:`~.spec.shift`: ``x + a + g * (t - x @ u) * u``, per row when the rows of a batch steer differently.
 """
