@@ -3,6 +3,9 @@
 Every figure comes from one run on one model, so ratios between rows are meaningful even on a
 noisy machine. Batch-1 decoding reads every weight once per token, so memory bandwidth divided
 by the weight bytes is the floor-time ceiling on tokens per second; each row shows its fraction.
+Every generation is forced to its full length (``min_new_tokens = max_new_tokens``). ``twin=NAME``
+measures a random-weight model at a real model's shape (:mod:`workbench.models.twins`), ``dtype``
+and ``batches`` fit the run to the hardware (:mod:`workbench.bench_options`).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Callable
 import torch
 
 from .activations import collect_activations
+from .bench_options import FORCED_LENGTH, check_bench_options, resolve_bench_model
 from .bench_peers import PEERS, peer_notes, peer_variants
 from .data import load_pairs
 from .directions import compute_direction
@@ -117,14 +121,23 @@ def run_bench(
     out: Path | None = Path("docs/bench.json"),
     say: Callable[[str], None] = print,
     peers: bool = True,
+    dtype: str | None = None,
+    twin: str | None = None,
+    twin_layers: int | None = None,
+    compiled: bool = True,
 ) -> dict[str, Any]:
     """Measure every row of the benchmark table and return it with the machine's figures.
 
     ``peers``: also steer with ``steering-vectors`` and ``repeng`` (:mod:`workbench.bench_peers`) where they
-    import; an absent or broken peer gets a note instead of a row.
+    import; an absent or broken peer gets a note instead of a row. ``dtype``: float32 (default), bfloat16 or
+    float16. ``twin``: a random-weight model at a real shape instead of ``model_name`` (``twin_layers``: fewer
+    layers). ``compiled=False`` skips the compiled step's rows (it compiles per batch size and length).
     """
+    check_bench_options(twin, twin_layers, dtype, device)
+    batches = tuple(batches)
     torch.manual_seed(0)
-    model = load_model(model_name, device=device)
+    model_name, twin_report = resolve_bench_model(model_name, twin, twin_layers, dtype, device, say)
+    model = load_model(model_name, device=device, dtype=dtype)
     device = str(model.cfg.device)
     info = model_info(model)
     prompts = load_pairs("format", "detectable_format:title", split="validation").prompts_without_instruction()
@@ -139,8 +152,11 @@ def run_bench(
     bandwidth = memory_bandwidth_gbs(device)
     wbytes = weight_bytes(model)
     floor_tps = bandwidth * 1e9 / wbytes
-    say(f"model {info.name} on {device}: weights {wbytes / 2**20:.0f} MiB, copy bandwidth {bandwidth:.1f} GB/s, "
-        f"batch-1 ceiling {floor_tps:.0f} tokens/s")
+    display = info.name if twin is None else f"twin:{twin}"
+    say(f"model {display} on {device} ({dtype or 'float32'}): weights {wbytes / 2**20:.0f} MiB, copy bandwidth "
+        f"{bandwidth:.1f} GB/s, batch-1 ceiling {floor_tps:.0f} tokens/s")
+    if twin_report:
+        say(f"  random weights at the shape of {twin_report['shape_of']}: speed only")
 
     from transformers import AutoModelForCausalLM
 
@@ -175,24 +191,31 @@ def run_bench(
         "workbench, steered (add, 1 layer)": workbench(one),
         **peer_rows,  # next to the workbench's steered row: the same spec, so a burst of load hits them alike
         "workbench, 3 directions at 3 layers": workbench(three),
-        COMPILED: workbench(one, backend="compiled"),
+        **({COMPILED: workbench(one, backend="compiled")} if compiled else {}),
     }
     rows: list[Row] = []
     compile_seconds: dict[str, float] = {}
+    compiled_error: str | None = None
     plain_hf(prompts[:2], 4)  # warm-up
     workbench(one)(prompts[:2], 4)
     for n in lengths:
         for b in batches:
-            # the compiled step compiles once per batch size and cache-length bucket: time that apart
-            secs, _ = measure(lambda: variants[COMPILED](prompts[:b], n), device)
-            compile_seconds[f"b{b} x{n}"] = secs
-            say(f"  compiled step for b{b} x{n}: first call {secs:.1f} s (compile included)")
+            if COMPILED in variants:  # it compiles once per batch size and cache-length bucket: time that apart
+                try:
+                    secs, _ = measure(lambda: variants[COMPILED](_batch(prompts, b), n), device)
+                except Exception as exc:  # noqa: BLE001  (untried hardware: a note and the other rows, not nothing)
+                    compiled_error = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
+                    say(f"  compiled step failed at b{b} x{n}, its rows are left out: {compiled_error}")
+                    del variants[COMPILED]
+                else:
+                    compile_seconds[f"b{b} x{n}"] = secs
+                    say(f"  compiled step for b{b} x{n}: first call {secs:.1f} s (compile included)")
             # batch-1 rows are short: interleave `repeats` rounds of every variant and keep each
             # one's fastest, so a burst of load on a shared machine does not decide a ratio
             best: dict[str, tuple[float, float]] = {}
             for _ in range(repeats if b == 1 else 1):
                 for name, fn in variants.items():
-                    secs, peak = measure(lambda: fn(prompts[:b], n), device)
+                    secs, peak = measure(lambda: fn(_batch(prompts, b), n), device)
                     old = best.get(name, (float("inf"), 0.0))
                     best[name] = (min(old[0], secs), max(old[1], peak))
             for name, (secs, peak) in best.items():
@@ -224,10 +247,13 @@ def run_bench(
     rows.append(Row("extract", ONE_AT_A_TIME, 1, 0, secs, n_extract / secs, "prompts/s", peak))
     say(_fmt(rows[-1]))
     report = {
-        "model": info.name, "device": device, "machine": _machine(device), "torch": torch.__version__,
+        "model": display, "device": device, "dtype": str(model.cfg.dtype).removeprefix("torch."),
+        "weights": "random" if twin else "trained", "twin": twin_report, "generation": FORCED_LENGTH,
+        "batches": list(batches), "prompt_tokens": _prompt_tokens(info, _batch(prompts, max(batches))),
+        "machine": _machine(device), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "weight_bytes": wbytes, "bandwidth_gbs": bandwidth,
         "batch1_ceiling_tokens_per_s": floor_tps, "rows": [asdict(r) for r in rows], "ratios": ratios(rows),
-        "compiled_first_call_seconds": compile_seconds,
+        "compiled_first_call_seconds": compile_seconds, "compiled": compiled, "compiled_error": compiled_error,
         "peers": peer_report if peers else None, "peer_check": {"prompts": PEER_CHECK[0], "tokens": PEER_CHECK[1]},
     }
     say("\n" + markdown(report))
@@ -235,6 +261,17 @@ def run_bench(
         write_json_atomic(out, report)
         say(f"\nwrote {out}")
     return report
+
+
+def _batch(prompts: list[str], b: int) -> list[str]:
+    """The first ``b`` prompts, cycled when a batch is larger than the 40 validation prompts."""
+    return [prompts[i % len(prompts)] for i in range(b)]
+
+
+def _prompt_tokens(info: Any, prompts: list[str]) -> dict[str, int]:
+    """Shortest and longest prompt of the generation rows, in tokens (chat template included)."""
+    lengths = [len(info.formatter.token_ids(p)) for p in prompts]
+    return {"min": min(lengths), "max": max(lengths)}
 
 
 def _machine(device: str) -> str:
@@ -263,17 +300,18 @@ def _get(rows: list[Row], variant: str, batch: int, n: int) -> float:
 
 
 def ratios(rows: list[Row]) -> dict[str, float]:
-    """The target ratios of the benchmark issue, from one run's rows."""
+    """The target ratios of the benchmark issue, from one run's rows (a ratio whose rows were not measured is left out)."""
     steered, plain, ref = "workbench, steered", "transformers generate", "reference"
     big = max(r.batch for r in rows if r.task == "generate")
+    batches = sorted({r.batch for r in rows if r.task == "generate" and r.variant.startswith(steered)})
     out = {}
     for length in sorted({r.new_tokens for r in rows if r.new_tokens}):
         out[f"steered b1 / transformers b1, {length} tokens (target >= 0.9)"] = _get(rows, steered, 1, length) / _get(rows, plain, 1, length)
-        out[f"steered b{big} / steered b1, {length} tokens (target >= 4 at b16)"] = _get(rows, steered, big, length) / _get(rows, steered, 1, length)
+        for b in [b for b in batches if b > 1]:
+            out[f"steered b{b} / steered b1, {length} tokens (target >= 4 at b16)"] = _get(rows, steered, b, length) / _get(rows, steered, 1, length)
         out[f"steered b1 / reference b1, {length} tokens (target >= 8 at 256)"] = _get(rows, steered, 1, length) / _get(rows, ref, 1, length)
         out[f"compiled steered b1 / reference b1, {length} tokens (target >= 8 at 256)"] = _get(rows, COMPILED, 1, length) / _get(rows, ref, 1, length)
         out[f"compiled steered b1 / transformers b1, {length} tokens"] = _get(rows, COMPILED, 1, length) / _get(rows, plain, 1, length)
-    batches = sorted({r.batch for r in rows if r.task == "generate" and r.variant.startswith(steered)})
     for peer in PEERS:
         if not any(r.variant.startswith(peer + ",") for r in rows):
             continue
@@ -285,7 +323,7 @@ def ratios(rows: list[Row]) -> dict[str, float]:
     one = _get(rows, ONE_AT_A_TIME, 1, 0)
     out["batched extraction / one at a time (target >= 5)"] = _get(rows, BATCHED, 32, 0) / one
     out["batched through the bridge / one at a time (no target)"] = _get(rows, BRIDGE_BATCHED, 32, 0) / one
-    return out
+    return {k: v for k, v in out.items() if v == v}  # NaN: a row not measured (no batch 1, --no-compiled)
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -294,6 +332,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Model `{report['model']}` on {report['device']} ({report['machine']}, torch {report['torch']}); "
         f"weights {report['weight_bytes'] / 2**20:.0f} MiB; measured copy bandwidth {report['bandwidth_gbs']:.1f} GB/s "
         f"-> batch-1 ceiling {report['batch1_ceiling_tokens_per_s']:.0f} tokens/s.",
+        *_about(report),
         "",
         "| task | variant | batch | new tokens | throughput | fraction of batch-1 ceiling | peak extra memory |",
         "|---|---|---|---|---|---|---|",
@@ -309,12 +348,32 @@ def markdown(report: dict[str, Any]) -> str:
     if report.get("compiled_first_call_seconds"):
         firsts = ", ".join(f"{k}: {v:.0f} s" for k, v in report["compiled_first_call_seconds"].items())
         lines += ["", f"First call of the compiled step (compile included, excluded from its rows): {firsts}."]
+    if report.get("compiled_error"):
+        lines += ["", f"The compiled step failed, so it has no rows after that point: {report['compiled_error']}"]
+    elif report.get("compiled") is False:
+        lines += ["", "Compiled step not run (--no-compiled)."]
     if "peers" in report and report["peers"] is None:
         lines += ["", "Peers (steering-vectors, repeng) not run (--no-peers)."]
     if report.get("peers"):
         check = report.get("peer_check", {"prompts": PEER_CHECK[0], "tokens": PEER_CHECK[1]})
         lines += ["", "Peers:"] + [f"- {line}" for line in peer_notes(report["peers"], check["prompts"], check["tokens"])]
     return "\n".join(lines)
+
+
+def _about(report: dict[str, Any]) -> list[str]:
+    """What the table measured: dtype, random weights of a twin, generation forced to full length."""
+    lines = [f"dtype {report.get('dtype', 'float32')}; generation {report.get('generation', FORCED_LENGTH)}."]
+    twin = report.get("twin")
+    if twin:
+        c = twin["config"]
+        tokens = report.get("prompt_tokens") or {}
+        lines.append(
+            f"**Random weights**: `{twin['name']}`, a twin at the shape of {twin['shape_of']} ({c['num_hidden_layers']}"
+            f"{'' if c['num_hidden_layers'] == twin.get('real_layers') else ' of its ' + str(twin.get('real_layers'))} layers, d_model {c['hidden_size']}, {c['num_attention_heads']} heads, "
+            f"{c['num_key_value_heads']} KV heads, MLP {c['intermediate_size']}, vocabulary {c['vocab_size']}) built from a "
+            f"`transformers` config: speed only, its text means nothing. Its tokenizer is byte-level, so the prompts are "
+            f"{tokens.get('min', '?')}-{tokens.get('max', '?')} tokens, 3-4x more than the real model's tokenizer makes.")
+    return ["", *lines]
 
 
 def main_json(path: Path) -> str:

@@ -162,9 +162,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
+    from .bench_options import check_bench_options
 
+    check_bench_options(args.twin, args.twin_layers, args.dtype, args.device, getattr(args, "given", None))  # before any load
     run_bench(model_name=args.model, device=args.device, n_extract=args.n_extract, repeats=args.repeats,
-              lengths=tuple(args.lengths), out=Path(args.out) if args.out else None, peers=not args.no_peers)
+              lengths=tuple(args.lengths), out=Path(args.out) if args.out else None, peers=not args.no_peers,
+              batches=tuple(args.batches), dtype=args.dtype, twin=args.twin, twin_layers=args.twin_layers,
+              compiled=not args.no_compiled)
     return 0
 
 
@@ -173,12 +177,32 @@ def cmd_bench_sweep(args: argparse.Namespace) -> int:
     from .data.builtin import family_of
     from .experiments.bench_sweep import run_sweep_bench
 
+    from .bench_options import check_bench_options
+
     family_of(args.instruction)  # an unknown id fails before the model loads
-    run_sweep_bench(model_name=args.model, device=args.device, instruction=args.instruction, layers=layers_arg(args.layers, args.model),
+    check_bench_options(args.twin, args.twin_layers, args.dtype, args.device, getattr(args, "given", None))
+    if args.twin:  # --layers against the twin's layer count
+        from .models.twins import SHAPES
+
+        layers = int_list(args.layers, limit=args.twin_layers or SHAPES[args.twin].n_layers)
+    else:
+        layers = layers_arg(args.layers, args.model)
+    run_sweep_bench(model_name=args.model, device=args.device, instruction=args.instruction, layers=layers,
                     strengths=float_list(args.strengths), n_val=args.n_val, max_new_tokens=args.max_new_tokens,
                     max_batch=args.max_batch, search_keep=args.search_keep, threads=args.threads,
-                    out=Path(args.out) if args.out else None)
+                    out=Path(args.out) if args.out else None, dtype=args.dtype, twin=args.twin, twin_layers=args.twin_layers)
     return 0
+
+
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    from .gpu_check import STEPS, check_settings, run_gpu_check
+
+    steps = tuple(x.strip() for x in args.steps.split(","))
+    unknown = [x for x in steps if x not in STEPS]
+    if unknown:
+        raise WorkbenchError(f"--steps: unknown step {unknown[0]!r}; choose from {','.join(STEPS)}")
+    settings = check_settings(args.device, args.twin, args.twin_layers, args.dtype, args.quick)  # before any model
+    return 0 if run_gpu_check(args.out, settings, steps)["ok"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,18 +266,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=folder_arg(), default="figures", help="folder for the figure")
     d.set_defaults(func=cmd_demo)
 
+    from .arguments import RecordGiven
+    from .bench_options import add_bench_options
+
     b = sub.add_parser("bench", help="benchmark steered generation and activation extraction")
-    b.add_argument("--model", default="smollm2-135m-instruct")
+    b.add_argument("--model", default="smollm2-135m-instruct", action=RecordGiven)
     b.add_argument("--device", type=device_arg, default=None)
     b.add_argument("--lengths", type=positive_int, nargs="+", default=[128, 256], help="new tokens per generation")
     b.add_argument("--n-extract", type=positive_int, default=200, help="prompts for the extraction rows")
     b.add_argument("--repeats", type=positive_int, default=3, help="rounds of the batch-1 rows (the fastest of each is kept)")
     b.add_argument("--out", type=optional_output_file, default="docs/bench.json", help="JSON report ('' for none)")
     b.add_argument("--no-peers", action="store_true", help="skip the steering-vectors and repeng rows")
+    b.add_argument("--no-compiled", action="store_true", help="skip the compiled step's rows (torch.compile takes 10-60 s "
+                   "per batch size and length)")
+    add_bench_options(b)
     b.set_defaults(func=cmd_bench)
 
     bs = sub.add_parser("bench-sweep", help="benchmark the sweep: one unit at a time, packed, and the fast search")
-    bs.add_argument("--model", default="smollm2-135m-instruct")
+    bs.add_argument("--model", default="smollm2-135m-instruct", action=RecordGiven)
+    add_bench_options(bs, batches=False)
     bs.add_argument("--device", type=device_arg, default=None)
     bs.add_argument("--instruction", default="detectable_format:title")
     bs.add_argument("--layers", help="layers of the grid, e.g. 14,18,22,26 (default: the paper's grid)")
@@ -265,6 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--threads", type=positive_int, help="torch CPU threads (default on CPU: 1, as reproduce)")
     bs.add_argument("--out", type=optional_output_file, default="docs/bench-sweep.json", help="JSON report ('' for none)")
     bs.set_defaults(func=cmd_bench_sweep)
+
+    gc = sub.add_parser("gpu-check", help="check a GPU machine end to end: pinned packages, twin bench (bfloat16), "
+                        "bench-sweep and reproduce format --quick on a twin; one JSON and one Markdown page")
+    gc.add_argument("--device", type=device_arg, default=None, help="cuda (default when available) or cpu")
+    add_bench_options(gc, batches=False, defaults="bfloat16; --twin: llama3-3b, smollm2 with --quick")
+    gc.add_argument("--quick", action="store_true", help="tiny sizes (a 2-layer twin, a few prompts and tokens): "
+                    "the whole check on a CPU in under a minute")
+    gc.add_argument("--steps", default="versions,bench,bench-sweep,reproduce", help="steps to run, comma-separated "
+                    "(default: all)")
+    gc.add_argument("--out", type=folder_arg(), default="results/gpu-check", help="folder for gpu-check.json, "
+                    "gpu-check.md and the reproduce run (default results/gpu-check)")
+    gc.set_defaults(func=cmd_gpu_check)
 
     from .interop.cli import register as register_interop, register_top as register_interop_top
 

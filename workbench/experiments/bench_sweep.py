@@ -6,7 +6,9 @@ shared between variants) and its own JSONL file. Besides units/s it reports whet
 same selection and what share of its responses equal the one-at-a-time sweep's, token for token; and for the
 fast search which layers it decoded and whether it selected the same (layer, strength).
 
-Example: ``workbench bench-sweep --layers 14,18,22,26 --n-val 40 --max-new-tokens 128``.
+Example: ``workbench bench-sweep --layers 14,18,22,26 --n-val 40 --max-new-tokens 128``. ``--twin NAME`` runs it on a
+random-weight model at a real shape and ``--dtype`` in another precision (:mod:`workbench.bench_options`): the times then
+say how fast the sweep runs there, the selection and accuracies mean nothing.
 """
 
 from __future__ import annotations
@@ -47,20 +49,40 @@ def run_sweep_bench(
     threads: int | None = None,
     out: Path | None = Path("docs/bench-sweep.json"),
     say: Callable[[str], None] = print,
+    dtype: str | None = None,
+    twin: str | None = None,
+    twin_layers: int | None = None,
 ) -> dict[str, Any]:
-    """Time the same sweep three ways and compare what they record; returns (and writes) the report."""
-    model = load_model(model_name, device=device)
+    """Time the same sweep three ways and compare what they record; returns (and writes) the report.
+
+    ``dtype``: float32 (default), bfloat16 or float16; ``twin``: a random-weight model at a real shape instead of
+    ``model_name`` (``twin_layers``: fewer layers).
+    """
+    from ..bench_options import check_bench_options, resolve_bench_model
+
+    check_bench_options(twin, twin_layers, dtype, device)
+    model_name, twin_report = resolve_bench_model(model_name, twin, twin_layers, dtype, device, say)
+    model = load_model(model_name, device=device, dtype=dtype)
     before = torch.get_num_threads()
     torch.set_num_threads(cpu_threads(threads, str(model.cfg.device)))
     try:
-        return _bench(model, instruction, layers, strengths, n_train, n_val, max_new_tokens, unit_size, max_batch,
-                      search_keep, out, say)
+        report = _bench(model, instruction, layers, strengths, n_train, n_val, max_new_tokens, unit_size, max_batch,
+                        search_keep, say)
     finally:
         torch.set_num_threads(before)
+    report.update({"dtype": str(model.cfg.dtype).removeprefix("torch."), "weights": "random" if twin else "trained",
+                   "twin": twin_report})
+    if twin:
+        report["model"] = f"twin:{twin}"
+    say("\n" + markdown(report))
+    if out is not None:
+        write_json_atomic(out, report)
+        say(f"\nwrote {out}")
+    return report
 
 
 def _bench(model, instruction, layers, strengths, n_train, n_val, max_new_tokens, unit_size, max_batch, search_keep,
-           out, say) -> dict[str, Any]:
+           say) -> dict[str, Any]:
     train = load_pairs("format", instruction, "train").head(n_train)
     val = load_pairs("format", instruction, "validation").head(n_val)
     direction = compute_direction(model, train, name=instruction, progress=False)
@@ -108,10 +130,6 @@ def _bench(model, instruction, layers, strengths, n_train, n_val, max_new_tokens
               "n_val": len(val), "max_new_tokens": max_new_tokens, "unit_size": unit_size, "threads": torch.get_num_threads(),
               "device": str(model.cfg.device), "torch": torch.__version__, "rows": rows,
               "identical_responses": {"same": same, "total": total}}
-    say("\n" + markdown(report))
-    if out is not None:
-        write_json_atomic(out, report)
-        say(f"\nwrote {out}")
     return report
 
 
@@ -147,4 +165,12 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{r['seconds']:.0f} | {split} | {r['units_per_s']:.3g} | {r['units_per_s_ratio']:.2f}x | {r['wall_ratio']:.2f}x | "
                      f"{cell} | {'yes' if r['same_selection'] else 'no'} | {r['load_average'][0]}, {r['load_average'][1]} |")
     lines += ["", f"Packed responses identical to one-at-a-time, token for token: {same['same']}/{same['total']}."]
+    if report.get("twin"):
+        twin = report["twin"]
+        lines += ["", f"dtype {report.get('dtype', 'float32')}. **Random weights**: `{twin['name']}`, a twin at the shape of "
+                  f"{twin['shape_of']} ({twin['config']['num_hidden_layers']} layers): the times measure speed; the selections "
+                  "and accuracies mean nothing. Decoding stops at the end-of-text token as in a real sweep (a random model "
+                  "rarely emits it, so rows run close to full length)."]
+    elif report.get("dtype"):
+        lines += ["", f"dtype {report['dtype']}."]
     return "\n".join(lines)
