@@ -213,3 +213,16 @@ def test_describe_twin_is_what_reports_say():
     d = describe_twin("llama3-3b")
     assert d["weights"].startswith("random") and d["config"]["num_hidden_layers"] == 28 and d["real_layers"] == 28
     assert set(SHAPES) >= {"smollm2", "llama3-3b", "mistral-7b", "gemma2-2b"}
+
+
+def test_a_twin_report_does_not_overwrite_the_real_models():
+    from pathlib import Path
+
+    from workbench.cli import _bench_out, build_parser
+
+    parse = build_parser().parse_args
+    assert _bench_out(parse(["bench"]), "bench") == Path("docs/bench.json")
+    assert _bench_out(parse(["bench", "--twin", "smollm2"]), "bench") == Path("docs/bench-twin-smollm2.json")
+    assert _bench_out(parse(["bench", "--twin", "smollm2", "--out", ""]), "bench") is None
+    assert _bench_out(parse(["bench-sweep", "--twin", "gemma2-2b"]), "bench-sweep") == Path("docs/bench-sweep-twin-gemma2-2b.json")
+    assert _bench_out(parse(["bench-sweep", "--twin", "gemma2-2b", "--out", "x.json"]), "bench-sweep") == Path("x.json")

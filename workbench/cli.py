@@ -166,7 +166,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     check_bench_options(args.twin, args.twin_layers, args.dtype, args.device, getattr(args, "given", None))  # before any load
     run_bench(model_name=args.model, device=args.device, n_extract=args.n_extract, repeats=args.repeats,
-              lengths=tuple(args.lengths), out=Path(args.out) if args.out else None, peers=not args.no_peers,
+              lengths=tuple(args.lengths), out=_bench_out(args, "bench"), peers=not args.no_peers,
               batches=tuple(args.batches), dtype=args.dtype, twin=args.twin, twin_layers=args.twin_layers,
               compiled=not args.no_compiled)
     return 0
@@ -190,8 +190,15 @@ def cmd_bench_sweep(args: argparse.Namespace) -> int:
     run_sweep_bench(model_name=args.model, device=args.device, instruction=args.instruction, layers=layers,
                     strengths=float_list(args.strengths), n_val=args.n_val, max_new_tokens=args.max_new_tokens,
                     max_batch=args.max_batch, search_keep=args.search_keep, threads=args.threads,
-                    out=Path(args.out) if args.out else None, dtype=args.dtype, twin=args.twin, twin_layers=args.twin_layers)
+                    out=_bench_out(args, "bench-sweep"), dtype=args.dtype, twin=args.twin, twin_layers=args.twin_layers)
     return 0
+
+
+def _bench_out(args: argparse.Namespace, stem: str) -> Path | None:
+    """The report's path: ``--out`` ('' for none); a twin's run by default goes beside, not over, the real model's report."""
+    if args.twin and "out" not in getattr(args, "given", ()):
+        return Path(f"docs/{stem}-twin-{args.twin}.json")
+    return Path(args.out) if args.out else None
 
 
 def cmd_gpu_check(args: argparse.Namespace) -> int:
@@ -275,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--lengths", type=positive_int, nargs="+", default=[128, 256], help="new tokens per generation")
     b.add_argument("--n-extract", type=positive_int, default=200, help="prompts for the extraction rows")
     b.add_argument("--repeats", type=positive_int, default=3, help="rounds of the batch-1 rows (the fastest of each is kept)")
-    b.add_argument("--out", type=optional_output_file, default="docs/bench.json", help="JSON report ('' for none)")
+    b.add_argument("--out", type=optional_output_file, default="docs/bench.json", action=RecordGiven,
+                   help="JSON report ('' for none; with --twin NAME the default is docs/bench-twin-NAME.json)")
     b.add_argument("--no-peers", action="store_true", help="skip the steering-vectors and repeng rows")
     b.add_argument("--no-compiled", action="store_true", help="skip the compiled step's rows (torch.compile takes 10-60 s "
                    "per batch size and length)")
@@ -294,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--max-batch", type=positive_int, help="rows per packed decode batch (default: from the device)")
     bs.add_argument("--search-keep", type=positive_int, default=3)
     bs.add_argument("--threads", type=positive_int, help="torch CPU threads (default on CPU: 1, as reproduce)")
-    bs.add_argument("--out", type=optional_output_file, default="docs/bench-sweep.json", help="JSON report ('' for none)")
+    bs.add_argument("--out", type=optional_output_file, default="docs/bench-sweep.json", action=RecordGiven,
+                    help="JSON report ('' for none; with --twin NAME the default is docs/bench-sweep-twin-NAME.json)")
     bs.set_defaults(func=cmd_bench_sweep)
 
     gc = sub.add_parser("gpu-check", help="check a GPU machine end to end: pinned packages, twin bench (bfloat16), "
