@@ -88,8 +88,8 @@ class LayerMatch:
         best = self.best_source()
         fig.add_trace(go.Scatter(x=list(best), y=list(best.values()), mode="markers", name="best source per target layer",
                                  marker={"symbol": "x", "color": "red", "size": 8}))
-        fig.update_layout(title=f"{self.kind} maps {self.source_model} -> {self.target_model}: held-out {metric} "
-                                f"(n_fit {self.n_fit}, n_heldout {self.n_heldout}, last token)",
+        fig.update_layout(title=f"{self.kind} maps {self.source_model} -> {self.target_model}: held-out {metric}<br>"
+                                f"<sup>n_fit {self.n_fit}, n_heldout {self.n_heldout}, last token</sup>",
                           xaxis_title=f"{self.target_model} layer", yaxis_title=f"{self.source_model} layer")
         return fig
 
