@@ -338,3 +338,28 @@ def test_transfer_cosines_name_each_layer_and_its_map():
     with pytest.raises(LayerError, match="no vector at layer"):
         wb.transfer.transfer_cosines(moved, direction_from_activations(torch.randn(6, 1, WIDE) + 1, torch.randn(6, 1, WIDE),
                                                                        layers=[0], name="t", model_name="b", n_model_layers=3))
+
+
+def test_reproduce_transfer_of_a_keyword_between_widths(tiny, wide, tmp_path, one_thread):
+    """``--word W`` alone transfers W's inclusion direction (add mode) through maps fitted on format prompts only."""
+    import csv
+    import json
+
+    from workbench.experiments.reproduce import ReproduceConfig, run_reproduce
+
+    cfg = ReproduceConfig("transfer", model=str(wb.model_info(wide).path), source_model="tiny-random-llama", quick=True,
+                          words=["ocean"], n_train=4, n_val=4, n_eval=4, max_new_tokens=4, map_prompts=20, rule="paper",
+                          max_ppl_ratio=None, device="cpu", out=str(tmp_path / "r"))
+    out = run_reproduce(cfg, say=lambda s: None, model=wide)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["instruction_id"] for r in rows} == {"include:ocean"}
+    assert {r["direction"] for r in rows} == {"none", "transferred", "own", "random"}
+    assert {r["mode"] for r in rows if r["direction"] != "none"} == {"add"}
+    notes = json.loads((out / "config.json").read_text())["notes"]
+    assert any("format instructions (no keyword prompt among them, so none of the transferred pairs)" in n for n in notes), notes
+    d = wb.Direction.load(out / "directions" / "include_ocean.safetensors", model=wide)
+    assert d.extra["transfer"]["source_model"] == "tiny-random-llama"
+    same = run_reproduce(ReproduceConfig("transfer", model="tiny-random-llama", quick=True, words=["ocean"], n_train=4, n_val=4,
+                                         n_eval=4, max_new_tokens=4, rule="paper", max_ppl_ratio=None, out=str(tmp_path / "s")),
+                         say=lambda s: None, model=tiny)  # same shape: today's tables, for the keyword
+    assert {r["instruction_id"] for r in csv.DictReader((same / "results.csv").open())} == {"include:ocean"}

@@ -245,7 +245,8 @@ def register(subparsers: Any) -> None:
     r.add_argument("--publish", type=folder_arg("--publish"), help="also write one Markdown page to <PUBLISH>/<model>/<experiment>.md (e.g. docs/results)")
     r.add_argument("--instruction", action="append", help="instruction id (repeat; format, composition, transfer)")
     r.add_argument("--targets", help="sentence targets N for length/composition, e.g. 1,3")
-    r.add_argument("--word", type=text_arg, action="append", help="keyword or phrase, any (repeat; keywords experiment)")
+    r.add_argument("--word", type=text_arg, action="append",
+                   help="keyword or phrase, any (repeat; keywords; estimators, conditional and transfer: its inclusion, add mode)")
     r.add_argument("--words-file", help="keywords experiment: a text file of words or phrases, one per line")
     r.add_argument("--methods", help="estimators experiment: direction estimators to compare, e.g. mean,pca,probe,whitened,random")
     r.add_argument("--sizes", help="estimators experiment: training pairs of the sample-efficiency curve, e.g. 8,16,32,64,120")

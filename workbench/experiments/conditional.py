@@ -24,7 +24,7 @@ from ..steering import Condition, steer
 from ..steering.condition import choose_gate
 from .conditions import pack_size
 from .run import Run, attach_p_values
-from .targets import SweepTarget, cell_meta, cell_specs
+from .targets import SweepTarget, cell_meta, cell_specs, run_targets
 
 COLUMNS = ["instruction_id", "prompts", "steering", "n", "accuracy", "accuracy_p", "vs_always_p", "share_changed",
            "share_gated", "perplexity", "degeneration", "layer", "strength", "mode", "gate"]
@@ -36,9 +36,7 @@ CONDITION_OF = {("instructed", "none"): "instruction", ("instructed", "always"):
 
 def _targets(run: Run) -> list[tuple[str, str, str, dict[str, Any] | None, str]]:
     """``(name, family, instruction id, kwargs, mode)`` of every instruction the run gates."""
-    from .estimators import _targets as estimator_targets
-
-    return estimator_targets(run)
+    return run_targets(run.config, run.covers, "conditional")
 
 
 def exp_conditional(run: Run) -> dict[str, Any]:

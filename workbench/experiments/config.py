@@ -83,6 +83,9 @@ PRESETS["conditional"] = {
 }
 
 
+# experiments that take keyword inclusions (--word) beside format instructions; --word alone runs the words only
+WORD_EXPERIMENTS: tuple[str, ...] = ("estimators", "conditional", "transfer")
+
 SEARCHES: tuple[str, ...] = ("full", "fast")
 RULES: tuple[str, ...] = ("workbench", "paper")
 
@@ -152,7 +155,7 @@ class ReproduceConfig:
                 raise WorkbenchError(f"{name} is a share of repeated 3-grams in [0, 1] (or None), got {value}")
         preset = PRESETS[self.experiment][self.quick]
         filled = {k: v for k, v in preset.items() if getattr(self, k) is None}
-        if self.experiment in ("estimators", "conditional") and self.words and self.instructions is None:
+        if self.experiment in WORD_EXPERIMENTS and self.words and self.instructions is None:
             filled.pop("instructions", None)  # --word alone compares the words' estimators, without the preset's title
         if self.eval_data and self.n_eval is None:
             filled.pop("n_eval", None)  # an evaluation file is used whole unless --n-eval caps it

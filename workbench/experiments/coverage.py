@@ -17,7 +17,7 @@ from typing import Any
 
 from ..data import PairDataset, PairRow
 from ..errors import DatasetError
-from .config import LENGTH_ID, PRESETS, TITLE_ID, ReproduceConfig, length_kwargs
+from .config import LENGTH_ID, PRESETS, TITLE_ID, WORD_EXPERIMENTS, ReproduceConfig, length_kwargs
 from .targets import format_target_names
 
 KEYWORD_TASKS: dict[str, str] = {"include": "keywords:existence", "exclude": "keywords:forbidden_words"}
@@ -58,7 +58,7 @@ def evaluation_sets(cfg: ReproduceConfig) -> list[EvaluationSet]:
     """Every set the experiment of ``cfg`` evaluates, in table order (presets filled in)."""
     exp = cfg.experiment
     if exp in ("format", "composition", "transfer", "estimators", "conditional"):
-        gated = exp in ("estimators", "conditional")  # these also take keyword inclusion directions (--word)
+        gated = exp in WORD_EXPERIMENTS  # these also take keyword inclusion directions (--word)
         words_only = gated and cfg.words and cfg.instructions is None  # as ReproduceConfig.resolved
         ids = (None if words_only else _preset(cfg, "instructions")) or ([] if gated else [TITLE_ID])
         sets = [EvaluationSet(name, iid, kwargs) for name, iid, kwargs in format_target_names(ids)]

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import DatasetError
 from ..evaluation.stats import rate_cell
 from .run import Run, attach_p_values
-from .targets import SweepTarget, cell_meta, cell_specs, format_target_names, steering_spec
+from .targets import SweepTarget, cell_meta, cell_specs, run_targets, steering_spec
 
 COLUMNS = ["instruction_id", "method", "condition", "n", "accuracy", "accuracy_p", "vs_mean_p", "vs_prompt_p",
            "loose_accuracy", "perplexity", "degeneration", "layer", "strength", "mode"]
@@ -25,13 +24,7 @@ STEERED = ("no_instruction_steered", "instruction_steered")
 
 def _targets(run: Run) -> list[tuple[str, str, str, dict[str, Any] | None, str]]:
     """``(name, family, instruction id, kwargs, mode)`` of every instruction the run compares estimators on."""
-    cfg = run.config
-    out = [(name, "format", iid, kwargs, cfg.mode or "project") for name, iid, kwargs in format_target_names(cfg.instructions or [])]
-    out += [(f"include:{w}", "keywords", "keywords:existence", {"keywords": [w]}, "add") for w in cfg.words or []]
-    out = [t for t in out if run.covers(t[0])]
-    if not out:
-        raise DatasetError("estimators: no instruction to compare estimators on (pass --instruction or --word)")
-    return out
+    return run_targets(run.config, run.covers, "estimators")
 
 
 def exp_estimators(run: Run) -> dict[str, Any]:

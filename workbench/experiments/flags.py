@@ -13,7 +13,7 @@ from ..errors import WorkbenchError
 EXPERIMENT_FIELDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "instructions": ("--instruction", ("format", "composition", "transfer", "estimators", "conditional")),
     "targets": ("--targets", ("length", "composition")),
-    "words": ("--word/--words-file", ("keywords", "estimators", "conditional")),
+    "words": ("--word/--words-file", ("keywords", "estimators", "conditional", "transfer")),
     "methods": ("--methods", ("estimators",)),
     "sizes": ("--sizes", ("estimators",)),
     "source_model": ("--source-model", ("transfer",)),

@@ -47,7 +47,7 @@ from .hygiene import check_split_hygiene
 from .results import write_jsonl, write_table
 from .run import Run, attach_p_values, rate_columns
 from .sweep import SweepResult, heatmap_records
-from .targets import SweepTarget, cell_meta, cell_specs, format_target_names, steering_spec
+from .targets import SweepTarget, cell_meta, cell_specs, format_target_names, run_targets, steering_spec
 
 __all__ = [
     "EXPERIMENTS", "PRESETS", "RUNNERS", "ReproduceConfig", "Run", "check_transferable", "cpu_threads", "length_kwargs",
@@ -398,19 +398,22 @@ def exp_transfer(run: Run) -> dict[str, Any]:
         return exp_mapped_transfer(run, source)
     check_transferable(source, run.model)
     src_run = Run(config=cfg, model=source, reference=source, out_dir=run.out_dir, memo=run.memo, say=run.say, used_rows=run.used_rows)
+    items = run_targets(cfg, run.covers, "transfer")  # format ids and --word inclusions
+    data = {name: (run.builtin(family, iid, "train", cfg.n_train or 0, kwargs), run.builtin(family, iid, "validation", cfg.n_val or 0, kwargs))
+            for name, family, iid, kwargs, _ in items}
+    evals = {name: run.eval_rows(family, iid, kwargs, name=name) for name, family, iid, kwargs, _ in items}  # before any activation
     targets = []
-    for iid in cfg.instructions or [TITLE_ID]:
-        train = run.builtin("format", iid, "train", cfg.n_train or 0)
-        val = run.builtin("format", iid, "validation", cfg.n_val or 0)
-        d = src_run.direction(iid, train)
+    for name, *_, mode in items:
+        train, val = data[name]
+        d = src_run.direction(name, train)
         d.check_compatible(run.model)
-        run.directions[iid] = d
-        targets.append(SweepTarget(iid, val, d, cfg.mode or "project"))
+        run.directions[name] = d
+        targets.append(SweepTarget(name, val, d, mode))
     sweep = run.sweep(targets)
     table: list[dict[str, Any]] = []
     for t in targets:
         sel = sweep.selection.get(t.name)
-        rows = run.eval_rows("format", t.name)
+        rows = evals[t.name]
         table += run.conditions_table(rows, cell_specs(t.direction, sel, t.mode),
                                       {"instruction_id": t.name, "source": model_info(source).name, **cell_meta(sel, t.mode)})
     return {"table": table, "columns": ["instruction_id", "source", "condition", "n", "accuracy", "accuracy_p", "loose_accuracy", "perplexity",

@@ -83,3 +83,16 @@ def format_target_names(ids: Sequence[str]) -> list[tuple[str, str, dict[str, An
         else:
             out.append((iid, iid, None))
     return out
+
+
+def run_targets(cfg: Any, covers: Any, experiment: str) -> list[tuple[str, str, str, dict[str, Any] | None, str]]:
+    """``(name, family, instruction id, kwargs, mode)`` of every direction an experiment that takes both format
+    instructions and keyword inclusions (``--word``; add mode) steers, in table order, keeping those ``covers(name)``
+    accepts; none left is one line."""
+    out = [(name, "format", iid, kwargs, cfg.mode or "project") for name, iid, kwargs in format_target_names(cfg.instructions or [])]
+    out += [(f"include:{w}", "keywords", "keywords:existence", {"keywords": [w]}, "add") for w in cfg.words or []]
+    out = [t for t in out if covers(t[0])]
+    if not out:
+        raise DatasetError(f"{experiment}: no instruction to run (pass --instruction or --word)")
+    return out
+

@@ -59,7 +59,7 @@ def needs_maps(cfg: Any, source: Any, target: Any) -> bool:
 
 def fit_texts(ids: Sequence[str], exclude: PairDataset, n: int, seed: int) -> PairDataset:
     """Up to ``n`` train rows of built-in format instructions other than ``ids`` (one row per distinct prompt, seeded
-    order), none of whose prompts is a prompt of ``exclude`` (the transferred instructions' pairs)."""
+    order), none of whose prompts is a prompt of ``exclude`` (the transferred instructions' pairs, keywords' included)."""
     rows = [r for r in load_pairs("format", split="train") if r.instruction_id not in set(ids)]
     seen = set()
     rows = [r for r in rows if not (r.prompt in seen or seen.add(r.prompt))]
@@ -91,23 +91,25 @@ def _maps(run: Any, src_run: Any, source: Any, texts: PairDataset | None) -> tup
 
 def exp_mapped_transfer(run: Any, source: Any) -> dict[str, Any]:
     """Transfer each instruction's source direction through maps and report the four directions' rows on the target."""
-    from ..experiments.config import TITLE_ID
     from ..experiments.run import Run, attach_p_values
-    from ..experiments.targets import SweepTarget, cell_meta, cell_specs
+    from ..experiments.targets import SweepTarget, cell_meta, cell_specs, run_targets
 
     cfg = run.config
     check_map_option(cfg.map, cfg.map_prompts)
     s_name = model_info(source).name
-    ids = list(cfg.instructions or [TITLE_ID])
+    items = run_targets(cfg, run.covers, "transfer")  # format instructions and keyword inclusions (--word, add mode)
+    ids = [name for name, *_ in items]
     src_run = Run(config=cfg, model=source, reference=source, out_dir=run.out_dir, memo=run.memo, say=run.say, used_rows=run.used_rows)
-    trains = {iid: run.builtin("format", iid, "train", cfg.n_train or 0) for iid in ids}
-    vals = {iid: run.builtin("format", iid, "validation", cfg.n_val or 0) for iid in ids}
-    evals = {iid: run.eval_rows("format", iid) for iid in ids}  # bad data fails before any activation
+    trains = {name: run.builtin(fam, iid, "train", cfg.n_train or 0, kw) for name, fam, iid, kw, _ in items}
+    vals = {name: run.builtin(fam, iid, "validation", cfg.n_val or 0, kw) for name, fam, iid, kw, _ in items}
+    evals = {name: run.eval_rows(fam, iid, kw, name=name) for name, fam, iid, kw, _ in items}  # bad data fails before any activation
+    modes = {name: mode for name, *_, mode in items}
     check_identity(cfg.map, source, run.model, cfg.layers or [])
     texts = None
+    format_ids = [iid for _, fam, iid, _, _ in items if fam == "format"]
     if (cfg.map or "affine") in KINDS:
-        exclude = PairDataset([r for iid in ids for r in load_pairs("format", iid)], name="transferred")
-        texts = fit_texts(ids, exclude, cfg.map_prompts or MAP_PROMPTS[bool(cfg.quick)], cfg.seed)
+        exclude = PairDataset([r for _, fam, iid, kw, _ in items for r in load_pairs(fam, iid, kwargs=kw)], name="transferred")
+        texts = fit_texts(format_ids, exclude, cfg.map_prompts or MAP_PROMPTS[bool(cfg.quick)], cfg.seed)
         run.used_rows.extend(texts)
     maps, match = _maps(run, src_run, source, texts)
     kind = maps[0].kind
@@ -117,15 +119,16 @@ def exp_mapped_transfer(run: Any, source: Any) -> dict[str, Any]:
         run.config = cfg = replace(cfg, layers=layers)
     if texts is not None:
         pairing = "the same layer" if kind == "identity" else "for each target layer, the source layer with the best held-out R2"
+        others = (f"other than {', '.join(format_ids)} (their pairs excluded)" if format_ids
+                  else "(no keyword prompt among them, so none of the transferred pairs)")
         run.notes.append(f"transfer through {kind} maps {s_name} -> {model_info(run.model).name}, fitted on the last token of "
-                         f"{len(texts)} train prompts of format instructions other than {', '.join(ids)} (their pairs excluded); "
-                         f"pairing: {pairing}")
+                         f"{len(texts)} train prompts of format instructions {others}; pairing: {pairing}")
     else:
         run.notes.append(f"transfer through the maps of {cfg.map} (target layers {layers})")
     save_maps(run.out_dir / "maps.safetensors", maps)
     targets, own, null = [], {}, {}
-    mode = cfg.mode or "project"
     for iid in ids:
+        mode = modes[iid]
         train = trains[iid]
         d_src = src_run.direction(iid, train)
         pair_acts = (src_run._acts(train.prompts()), src_run._acts(train.prompts_without_instruction()))
@@ -149,14 +152,14 @@ def exp_mapped_transfer(run: Any, source: Any) -> dict[str, Any]:
             if paper is not None and not _same_cell(ours, paper):  # the paper's perplexity-only pick beside ours
                 plan.append((label, d, paper, STEERED, "paper"))
         plans.append((iid, plan))
-    run.prefetch_conditions([(evals[iid], cell_specs(d, sel, mode), conds) for iid, plan in plans for _, d, sel, conds, _ in plan])
+    run.prefetch_conditions([(evals[iid], cell_specs(d, sel, modes[iid]), conds) for iid, plan in plans for _, d, sel, conds, _ in plan])
     table: list[dict[str, Any]] = []
     for iid, plan in plans:
         run.say(f"  {iid}: transferred / own / random directions on {len(evals[iid])} evaluation prompts")
         for label, d, sel, conds, rule in plan:
             meta = {"instruction_id": iid, "source": s_name, "direction": label, "rule": rule,
-                    "map": kind if label == "transferred" else None, **cell_meta(sel, mode)}
-            part = run.conditions_table(evals[iid], cell_specs(d, sel, mode), meta, conds)
+                    "map": kind if label == "transferred" else None, **cell_meta(sel, modes[iid])}
+            part = run.conditions_table(evals[iid], cell_specs(d, sel, modes[iid]), meta, conds)
             for r in part:
                 if r["condition"] not in STEERED:
                     r["direction"], r["map"], r["rule"] = "none", None, None
