@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import copy
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from jaxtyping import Float
 from tqdm.auto import tqdm
 
-from .arguments import check_count
+from .arguments import check_count, check_prompts
 from .errors import DatasetError, ShapeError, WorkbenchError
 from .hooks import RESID_HOOKS, check_layers, forward_hooks, hook_name
 from .io import load_tensors, save_tensors
@@ -137,13 +137,7 @@ def collect_activations(
 
     >>> acts = collect_activations(model, ["Hi.", "Write a poem."], layers=[10, 20])  # [2, 2, d_model]
     """
-    if prompts is None or isinstance(prompts, (bytes, dict)) or not isinstance(prompts, (str, Iterable)):
-        raise DatasetError(f"collect_activations: prompts must be a string or a list of strings, got {type(prompts).__name__}")
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts)
-    if not prompts:
-        raise DatasetError("collect_activations: no prompts given")
+    prompts = check_prompts(prompts, "collect_activations", DatasetError)
     layers = check_layers(model, layers)
     if hook not in RESID_HOOKS:
         raise WorkbenchError(f"unknown hook {hook!r}; choose one of {RESID_HOOKS}")

@@ -7,7 +7,7 @@ import argparse
 import math
 import numbers
 import sys
-from typing import Any
+from typing import Any, Iterable
 
 from .errors import WorkbenchError
 
@@ -74,6 +74,16 @@ def check_count(name: str, value: Any, minimum: int = 1) -> int:
     if int(value) < minimum:
         raise WorkbenchError(f"{name} must be >= {minimum}, got {int(value)}")
     return int(value)
+
+
+def check_prompts(prompts: Any, who: str, error: type[WorkbenchError] = WorkbenchError) -> list[str]:
+    """``prompts`` as a non-empty list (a single string is one prompt), or one line from ``who`` naming the problem."""
+    if prompts is None or isinstance(prompts, (bytes, dict)) or not isinstance(prompts, (str, Iterable)):
+        raise error(f"{who}: prompts must be a string or a list of strings, got {type(prompts).__name__}")
+    out = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not out:
+        raise error(f"{who}: no prompts given")
+    return out
 
 
 def finite_float(text: str) -> float:

@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from .cli_types import positive_int
 from .errors import WorkbenchError
 from .models.twins import DTYPES, SHAPES, check_shape, describe_twin, twin_folder
 
@@ -35,17 +36,6 @@ def batch_list(text: str) -> list[int]:
             raise argparse.ArgumentTypeError(f"batch size {value} is given twice")
         sizes.append(value)
     return sizes
-
-
-def twin_layers_arg(text: str) -> int:
-    """argparse type: a layer count >= 1 for ``--twin-layers`` (checked against the twin's own count later)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def check_dtype(dtype: str | None, device: str | None) -> str:
@@ -113,7 +103,7 @@ def add_bench_options(p: argparse.ArgumentParser, batches: bool = True, defaults
     """
     p.add_argument("--twin", choices=list(SHAPES), help="a random-weight model at this real model's shape instead of "
                    "--model (speed only): " + ", ".join(f"{k} ({v.real.split('/')[-1]})" for k, v in SHAPES.items()))
-    p.add_argument("--twin-layers", type=twin_layers_arg, help="build the --twin with fewer layers (a quick check)")
+    p.add_argument("--twin-layers", type=positive_int, help="build the --twin with fewer layers (a quick check)")
     p.add_argument("--dtype", choices=DTYPES, default=None, help=f"weights and activations (default {defaults}); refused "
                    "where the device cannot run it")
     if batches:

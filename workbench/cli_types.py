@@ -35,6 +35,17 @@ def device_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def output_folder(text: str) -> str:
+    """argparse type: a folder path that is not an existing file (checked before any work starts)."""
+    from .io import check_output_dir
+
+    try:
+        check_output_dir(text)
+    except WorkbenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--out {text}: ")) from None
+    return text
+
+
 def output_file(text: str) -> str:
     """argparse type: a file path that is not a folder and can be written (checked before any work)."""
     from .io import check_output_file

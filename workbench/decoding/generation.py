@@ -3,11 +3,11 @@ arguments choose (:mod:`.route`)."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 
-from ..arguments import check_count, check_seed
+from ..arguments import check_count, check_prompts, check_seed
 from ..errors import WorkbenchError
 from ..models.backends import GENERATION_BACKENDS, check_backend
 from ..models.loading import model_info
@@ -72,13 +72,7 @@ def generate(
 
     >>> generate(model, ["Describe a rainy afternoon."], max_new_tokens=32)
     """
-    if prompts is None or isinstance(prompts, (bytes, dict)) or not isinstance(prompts, (str, Iterable)):
-        raise WorkbenchError(f"generate: prompts must be a string or a list of strings, got {type(prompts).__name__}")
-    if isinstance(prompts, str):
-        prompts = [prompts]
-    prompts = list(prompts)
-    if not prompts:
-        raise WorkbenchError("generate: no prompts given")
+    prompts = check_prompts(prompts, "generate")
     max_new_tokens = check_count("max_new_tokens", max_new_tokens)
     batch_size = check_count("batch_size", batch_size)
     min_new_tokens = check_count("min_new_tokens", min_new_tokens, minimum=0)

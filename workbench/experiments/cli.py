@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..arguments import float_list, int_list, text_arg
+from ..cli_types import output_folder, positive_int
 from ..errors import WorkbenchError
 from .sweep import DEFAULT_MAX_DEGENERATION_GAIN
 
@@ -19,24 +20,6 @@ def _ratio(text: str) -> float | None:
     from ..arguments import finite_float
 
     return None if text.lower() in ("none", "off") else finite_float(text)  # 'inf' would write Infinity to config.json
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (0 or a negative count is an error, never 'use the preset')."""
-    from ..cli_types import positive_int as check
-
-    return check(text)
-
-
-def output_folder(text: str) -> str:
-    """argparse type: a folder path that is not an existing file (checked before any work starts)."""
-    from ..io import check_output_dir
-
-    try:
-        check_output_dir(text)
-    except WorkbenchError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--out {text}: ")) from None
-    return text
 
 
 def _common(p: argparse.ArgumentParser) -> None:
