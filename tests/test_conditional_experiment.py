@@ -91,3 +91,12 @@ def test_a_keyword_run_publishes_beside_the_format_run():
     assert published_name(ReproduceConfig("conditional", words=["New York", "ocean"])) == "conditional-new-york-ocean.md"
     assert published_name(ReproduceConfig("estimators", words=["music"])) == "estimators-music.md"
     assert published_name(ReproduceConfig("keywords", words=["music"])) == "keywords.md"
+
+
+def test_a_word_rows_note_names_the_mode_they_steer_in(tiny, tmp_path):
+    """``--word`` rows steer in add mode while the run's mode is project: the table note says add."""
+    cfg = ReproduceConfig("conditional", words=["ocean"], out=str(tmp_path / "w"), **SMALL)
+    out = run_reproduce(cfg, say=lambda s: None, model=tiny)
+    text = (out / "results.md").read_text()
+    assert {r["mode"] for r in _rows(out / "results.csv") if r["mode"]} == {"add"}
+    assert "(add mode)" in text and "(project mode)" not in text

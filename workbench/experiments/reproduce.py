@@ -530,7 +530,8 @@ def _run(config: ReproduceConfig, say: Callable[[str], None], model: Any | None,
     _save_directions(run, result["selection"], sweep.paper_selection)
     files = {"generations": str(write_jsonl(out_dir / "generations.jsonl", [{"experiment": cfg.experiment, **g} for g in run.generations]))}
     title = f"{cfg.experiment} on {model_info(model).name}{' (--quick)' if cfg.quick else ''}"
-    note = _table_note(cfg, sweep) + "".join(f" Not evaluated: {line.removeprefix('skipped ')}." for line in
+    modes = [m for m in dict.fromkeys(r.get("mode") for r in result["table"]) if m]  # --word rows steer in add mode
+    note = _table_note(cfg, sweep, modes) + "".join(f" Not evaluated: {line.removeprefix('skipped ')}." for line in
                                              (coverage.lines() if coverage else []))
     files["results"] = [str(p) for p in write_table(out_dir / "results", result["table"], result["columns"], title, note)]
     sweep_rows = [r for g in sorted({*sweep.baselines, *(x["instruction_id"] for x in sweep.records)})
@@ -638,8 +639,9 @@ def published_name(cfg: ReproduceConfig) -> str:
     return f"{cfg.experiment}-{words}.md" if words and cfg.experiment != "keywords" else f"{cfg.experiment}.md"
 
 
-def _table_note(cfg: ReproduceConfig, sweep: SweepResult) -> str:
-    """What the table shows, and each selection in words with its validation accuracy and n (under both rules)."""
+def _table_note(cfg: ReproduceConfig, sweep: SweepResult, modes: Sequence[str] = ()) -> str:
+    """What the table shows, and each selection in words with its validation accuracy and n (under both rules);
+    ``modes``: the steering modes the table's rows use (the configured mode when none is given)."""
     from .sweep import describe_rule, describe_selection, rule_settings
 
     rule = describe_rule(cfg.max_ppl_ratio, None, **rule_settings(cfg.rule, cfg.max_degeneration, cfg.max_degeneration_gain))
@@ -655,7 +657,7 @@ def _table_note(cfg: ReproduceConfig, sweep: SweepResult) -> str:
     sel = "; ".join(lines)
     return (f"Accuracy: IFEval strict (loose beside it) on {'--eval-data' if cfg.eval_data else 'test'} prompts; "
             f"perplexity of the responses under the unsteered model; degeneration: share of repeated 3-grams of words and punctuation. "
-            f"Steering selected on validation prompts ({cfg.mode} mode) by the {cfg.rule} rule ({rule}); rows with rule 'paper' "
+            f"Steering selected on validation prompts ({' and '.join(modes or [str(cfg.mode)])} mode) by the {cfg.rule} rule ({rule}); rows with rule 'paper' "
             f"steer at the cell the paper's rule ({paper_rule}) selects where that differs, 'both' where the two rules agree. "
             f"Selected: {sel or 'n/a'}. Seed {cfg.seed}, greedy decoding, {cfg.max_new_tokens} new tokens."
             + (" vs_mean_p: McNemar's exact test against the mean method's same condition; vs_prompt_p: the steered "
