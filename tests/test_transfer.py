@@ -223,6 +223,31 @@ def test_match_from_activations_pairs_layers_by_fit():
     assert float(match.r2[2, 0]) > 0.99 and float(match.r2[1, 0]) < 0.2
 
 
+def test_linear_cka_against_the_feature_space_formula_and_its_invariances():
+    """CKA = ||Yc^T Xc||_F^2 / (||Xc^T Xc||_F ||Yc^T Yc||_F) (Kornblith et al. 2019, eq. 5), computed here from the
+    features; 1 under an orthogonal map with scaling and a shift; near 0 for independent noise; the match table's
+    ``cka`` is the same number."""
+    from workbench.transfer import linear_cka
+
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(50, 12, generator=g, dtype=torch.float64), torch.randn(50, 20, generator=g, dtype=torch.float64)
+    y = y + x @ torch.randn(12, 20, generator=g, dtype=torch.float64)
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    expected = (torch.linalg.matrix_norm(yc.T @ xc) ** 2
+                / (torch.linalg.matrix_norm(xc.T @ xc) * torch.linalg.matrix_norm(yc.T @ yc)))
+    assert linear_cka(x, y) == pytest.approx(float(expected), rel=1e-9)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))
+    assert linear_cka(x, 3.0 * x @ q + 7.0) == pytest.approx(1.0, abs=1e-9)
+    noise = torch.randn(2000, 8, generator=g, dtype=torch.float64), torch.randn(2000, 8, generator=g, dtype=torch.float64)
+    assert linear_cka(*noise) < 0.05
+    match = match_from_activations(torch.stack([x.float(), x.float()], 1), y.float()[:, None], source=("a", [0, 1], 2),
+                                   target=("b", [0], 1), ridge=1e-3)
+    assert float(match.cka[0, 0]) == pytest.approx(float(expected), rel=1e-5)
+    assert match.rows()[0]["cka"] == pytest.approx(float(expected), abs=1e-4)
+    with pytest.raises(WorkbenchError, match="same n >= 2 rows"):
+        linear_cka(x, y[:10])
+
+
 # --- reproduce transfer between models of different widths ---------------------------------------
 def test_reproduce_transfer_quick_between_widths(tiny, wide, tmp_path, one_thread):
     import argparse

@@ -10,9 +10,10 @@ Direction through the maps into the target model.
 
 from .direct import random_like, transfer_cosines, transfer_direction
 from .maps import KINDS, MIN_PROMPTS, ResidualMap, fit_map, fit_map_from_activations, load_maps, save_maps
-from .match import LayerMatch, match_from_activations, match_layers
+from .match import LayerMatch, linear_cka, match_from_activations, match_layers
 
 __all__ = [
-    "KINDS", "MIN_PROMPTS", "LayerMatch", "ResidualMap", "fit_map", "fit_map_from_activations", "load_maps", "match_from_activations",
+    "KINDS", "MIN_PROMPTS", "LayerMatch", "ResidualMap", "fit_map", "fit_map_from_activations", "linear_cka", "load_maps",
+    "match_from_activations",
     "match_layers", "random_like", "save_maps", "transfer_cosines", "transfer_direction",
 ]

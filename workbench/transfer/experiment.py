@@ -25,7 +25,7 @@ COLUMNS = ["instruction_id", "source", "direction", "condition", "rule", "n", "a
            "degeneration", "layer", "strength", "mode", "map"]
 COSINE_COLUMNS = ["instruction_id", "target_layer", "source_layer", "cos_transferred_own", "cos_random_own", "norm_transferred",
                   "norm_own", "map_r2", "map_centred_cosine", "n_fit", "n_heldout"]
-MATCH_COLUMNS = ["source_layer", "target_layer", "r2", "cosine", "n_fit", "n_heldout"]
+MATCH_COLUMNS = ["source_layer", "target_layer", "r2", "cosine", "cka", "n_fit", "n_heldout"]
 
 
 def check_map_option(value: Any, map_prompts: Any = None) -> None:

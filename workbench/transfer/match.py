@@ -26,10 +26,12 @@ PAIRINGS: tuple[str, ...] = ("target", "source", "depth")
 
 @dataclass(frozen=True)
 class LayerMatch:
-    """Held-out fit of a map for every ``(source layer, target layer)``; ``maps[(s, t)]`` the fitted maps."""
+    """Held-out fit of a map for every ``(source layer, target layer)``, and the linear CKA of the two layers'
+    activations (a map-free similarity, Kornblith et al. 2019); ``maps[(s, t)]`` the fitted maps."""
 
     r2: Float[torch.Tensor, "n_source n_target"]
     cosine: Float[torch.Tensor, "n_source n_target"]
+    cka: Float[torch.Tensor, "n_source n_target"]
     source_layers: tuple[int, ...]
     target_layers: tuple[int, ...]
     source_model: str
@@ -71,27 +73,48 @@ class LayerMatch:
         return {t: self.source_layers[int(self.r2[:, j].argmax())] for j, t in enumerate(self.target_layers)}
 
     def rows(self) -> list[dict[str, Any]]:
-        """One row per layer pair (source, target, r2, cosine, n_fit, n_heldout): ``pandas.DataFrame(match.rows())``."""
+        """One row per layer pair (source, target, r2, cosine, cka, n_fit, n_heldout): ``pandas.DataFrame(match.rows())``."""
         return [{"source_layer": s, "target_layer": t, "r2": round(float(self.r2[i, j]), 4), "cosine": round(float(self.cosine[i, j]), 4),
-                 "n_fit": self.n_fit, "n_heldout": self.n_heldout}
+                 "cka": round(float(self.cka[i, j]), 4), "n_fit": self.n_fit, "n_heldout": self.n_heldout}
                 for i, s in enumerate(self.source_layers) for j, t in enumerate(self.target_layers)]
 
     def figure(self, metric: str = "r2") -> Any:
-        """A plotly heatmap of the held-out ``r2`` (or ``cosine``), source layers down, target layers across: ``match.figure().show()``."""
+        """A plotly heatmap of the held-out ``r2`` (or ``cosine``, or the linear ``cka`` of the activations), source layers
+        down, target layers across: ``match.figure("cka").show()``."""
         import plotly.graph_objects as go
 
-        if metric not in ("r2", "cosine"):
-            raise WorkbenchError(f"metric is 'r2' or 'cosine', got {metric!r}")
+        if metric not in ("r2", "cosine", "cka"):
+            raise WorkbenchError(f"metric is 'r2', 'cosine' or 'cka', got {metric!r}")
         z = getattr(self, metric)
+        label = "linear CKA" if metric == "cka" else f"held-out {metric}"
         fig = go.Figure(go.Heatmap(z=z.tolist(), x=list(self.target_layers), y=list(self.source_layers), colorscale="Viridis",
-                                   colorbar={"title": f"held-out {metric}"}))
+                                   colorbar={"title": label}))
         best = self.best_source()
         fig.add_trace(go.Scatter(x=list(best), y=list(best.values()), mode="markers", name="best source per target layer",
                                  marker={"symbol": "x", "color": "red", "size": 8}))
-        fig.update_layout(title=f"{self.kind} maps {self.source_model} -> {self.target_model}: held-out {metric}<br>"
+        fig.update_layout(title=f"{self.kind} maps {self.source_model} -> {self.target_model}: {label}<br>"
                                 f"<sup>n_fit {self.n_fit}, n_heldout {self.n_heldout}, last token</sup>",
                           xaxis_title=f"{self.target_model} layer", yaxis_title=f"{self.source_model} layer")
         return fig
+
+
+def linear_cka(x: Float[torch.Tensor, "n d_x"], y: Float[torch.Tensor, "n d_y"]) -> float:
+    """Linear CKA of two sets of activations of the same ``n`` inputs (Kornblith et al. 2019): 1 when one is an
+    orthogonal transform and scaling of the other, invariant to either; computed on centred n x n Gram matrices.
+
+    >>> linear_cka(xs[:, 3], ys[:, 20])
+    """
+    if x.shape[0] != y.shape[0] or x.shape[0] < 2:
+        raise WorkbenchError(f"linear_cka: needs the same n >= 2 rows on both sides, got {x.shape[0]} and {y.shape[0]}")
+    return float((_unit_gram(x) * _unit_gram(y)).sum())
+
+
+def _unit_gram(x: Float[torch.Tensor, "n d"]) -> Float[torch.Tensor, "n n"]:
+    """The Gram matrix of the centred rows, scaled to Frobenius norm 1 (zero when the rows do not vary)."""
+    x = x.double() - x.double().mean(0)
+    k = x @ x.T
+    norm = torch.linalg.matrix_norm(k)
+    return k / norm if float(norm) > 0 else k
 
 
 def match_from_activations(
@@ -116,10 +139,12 @@ def match_from_activations(
     if xs.shape[:2] != (ys.shape[0], len(s_layers)) or ys.shape[1] != len(t_layers):
         raise WorkbenchError(f"match: activations {tuple(xs.shape)} and {tuple(ys.shape)} do not fit layers {s_layers} and {t_layers}")
     r2 = torch.empty(len(s_layers), len(t_layers))
-    cos = torch.empty_like(r2)
+    cos, cka = torch.empty_like(r2), torch.empty_like(r2)
     maps: dict[tuple[int, int], ResidualMap] = {}
     metrics: dict[str, Any] = {}
+    target_grams = [_unit_gram(ys[:, j]) for j in range(len(t_layers))]  # linear CKA: one Gram matrix per layer
     for i, s in enumerate(s_layers):
+        source_gram = _unit_gram(xs[:, i])
         cache: dict = {}  # one source layer's SVDs, shared by its fits to every target layer
         for j, t in enumerate(t_layers):
             m = fit_map_from_activations(xs[:, i], ys[:, j], kind=kind, source=(source[0], s, source[2]),
@@ -127,9 +152,10 @@ def match_from_activations(
                                          cache=cache)
             metrics = m.metrics
             r2[i, j], cos[i, j] = m.metrics["r2"], m.metrics["centred_cosine"]
+            cka[i, j] = float((source_gram * target_grams[j]).sum())
             if keep_maps:
                 maps[(s, t)] = m
-    return LayerMatch(r2=r2, cosine=cos, source_layers=tuple(s_layers), target_layers=tuple(t_layers), source_model=source[0],
+    return LayerMatch(r2=r2, cosine=cos, cka=cka, source_layers=tuple(s_layers), target_layers=tuple(t_layers), source_model=source[0],
                       target_model=target[0], n_source_layers=source[2], n_target_layers=target[2], kind=kind,
                       n_fit=int(metrics.get("n_fit", 0)), n_heldout=int(metrics.get("n_heldout", 0)), maps=maps)
 
