@@ -54,7 +54,8 @@ def test_model_all_runs_each_model_and_compares(tmp_path, absent_model, one_thre
     assert "wbtest-absent" in md and "not run" in md
     assert (out / "models.csv").is_file()
     page = (tmp_path / "pub" / "all" / "format.md").read_text()
-    assert page.startswith("<!-- written by `workbench reproduce format --model all --quick --publish")
+    assert page.startswith("<!-- written by `workbench reproduce format --model all --quick ")
+    assert "--n-train 4 --n-val 4 --n-eval 4 --max-new-tokens 4" in page.splitlines()[0]  # every flag the run was given
     assert "Wall time:" in page and "## format: models compared" in page
     assert (tmp_path / "pub" / "tiny-random-llama" / "format.md").is_file()
     assert (tmp_path / "pub" / "all" / "format.csv").read_text() == (out / "comparison.csv").read_text()

@@ -183,8 +183,9 @@ def run_across_models(config: ReproduceConfig, models: Sequence[str] | None = No
     comparison_tables(config.experiment, runs, skipped, out_dir)
     if config.publish:
         path = Path(config.publish) / ALL / f"{config.experiment}.md"
-        flags = " --quick" if config.quick else ""
-        cmd = f"workbench reproduce {config.experiment} --model all{flags}"
+        from .reproduce import command_line
+
+        cmd = command_line(replace(config, model="all"))  # every flag the run was given, as on a one-model page
         head = (f"<!-- written by `{cmd} --publish ...`; do not edit by hand -->\n\n"
                 f"Command: `{cmd}`. Wall time: {(time.time() - start) / 60:.1f} min for the {len(runs)} model(s) in turn "
                 f"(each model's own time is in the models table; per-model pages: `<model>/{config.experiment}.md`).\n\n")
