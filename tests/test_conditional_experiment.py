@@ -91,6 +91,11 @@ def test_a_keyword_run_publishes_beside_the_format_run():
     assert published_name(ReproduceConfig("conditional", words=["New York", "ocean"])) == "conditional-new-york-ocean.md"
     assert published_name(ReproduceConfig("estimators", words=["music"])) == "estimators-music.md"
     assert published_name(ReproduceConfig("keywords", words=["music"])) == "keywords.md"
+    # a word of any length or script names a page of its own: bounded, never the format run's name
+    long = published_name(ReproduceConfig("conditional", words=["ocean" + "x" * 295]))
+    assert long.startswith("conditional-oceanxx") and len(long.encode()) <= 96 + len(".md")
+    assert published_name(ReproduceConfig("conditional", words=["Café"])) == "conditional-café.md"
+    assert published_name(ReproduceConfig("conditional", words=["!!"])) == "conditional-_.md"
 
 
 def test_a_word_rows_note_names_the_mode_they_steer_in(tiny, tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any, Callable
 
 from .arguments import check_text, int_list
 from .errors import WorkbenchError
@@ -35,14 +36,12 @@ def device_arg(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def output_folder(text: str) -> str:
-    """argparse type: a folder path that is not an existing file (checked before any work starts)."""
-    from .io import check_output_dir
-
+def _output_path(text: str, check: Callable[[str], Any], flag: str = "--out") -> str:
+    """``text`` once ``check`` (an ``io`` output check) accepts it; its one-line error, as argparse reports it, otherwise."""
     try:
-        check_output_dir(text)
+        check(text)
     except WorkbenchError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--out {text}: ")) from None
+        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{flag} {text}: ")) from None
     return text
 
 
@@ -50,11 +49,7 @@ def output_file(text: str) -> str:
     """argparse type: a file path that is not a folder and can be written (checked before any work)."""
     from .io import check_output_file
 
-    try:
-        check_output_file(text)
-    except WorkbenchError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix(f"--out {text}: ")) from None
-    return text
+    return _output_path(text, check_output_file)
 
 
 def optional_output_file(text: str) -> str:
@@ -67,11 +62,7 @@ def folder_arg(flag: str = "--out"):
     def check(text: str) -> str:
         from .io import check_output_dir
 
-        try:
-            check_output_dir(text, flag)
-        except WorkbenchError as exc:
-            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{flag} {text}: ")) from None
-        return text
+        return _output_path(text, lambda t: check_output_dir(t, flag), flag)
 
     check.__name__ = "folder"  # argparse names the type in its messages
     return check

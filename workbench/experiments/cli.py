@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..arguments import float_list, int_list, text_arg
-from ..cli_types import output_folder, positive_int
+from ..cli_types import folder_arg, positive_int
 from ..errors import WorkbenchError
 from .sweep import DEFAULT_MAX_DEGENERATION_GAIN
 
@@ -222,10 +222,9 @@ def register(subparsers: Any) -> None:
                    help="how --eval-data's instruction_id_list_for_eval is read: ids to check (eval), the steering "
                         "direction's key with instruction_id_list checked (steering, the paper authors' files), or "
                         "detected (auto, default: steering when some id is not an IFEval id)")
-    r.add_argument("--out", type=output_folder, default="results", help="results folder (default results/): writes <out>/<model>/<experiment>/")
-    from ..cli_types import folder_arg
-
-    r.add_argument("--publish", type=folder_arg("--publish"), help="also write one Markdown page to <PUBLISH>/<model>/<experiment>.md (e.g. docs/results)")
+    r.add_argument("--out", type=folder_arg(), default="results", help="results folder (default results/): writes <out>/<model>/<experiment>/")
+    r.add_argument("--publish", type=folder_arg("--publish"), help="also write one Markdown page to <PUBLISH>/<model>/<experiment>.md (e.g. docs/results; "
+                   "<experiment>-<word>.md for a --word run of an experiment other than keywords)")
     r.add_argument("--instruction", action="append", help="instruction id (repeat; format, composition, transfer)")
     r.add_argument("--targets", help="sentence targets N for length/composition, e.g. 1,3")
     r.add_argument("--word", type=text_arg, action="append",
@@ -253,5 +252,5 @@ def register(subparsers: Any) -> None:
     s.add_argument("--kwargs", help="JSON filter on the instruction's kwargs, e.g. '{\"keywords\": [\"ocean\"]}'")
     s.add_argument("--direction", help="direction file (default: compute from train pairs)")
     _common(s)
-    s.add_argument("--out", type=output_folder, required=True, help="folder for sweep.jsonl (resumable), tables, selection and direction")
+    s.add_argument("--out", type=folder_arg(), required=True, help="folder for sweep.jsonl (resumable), tables, selection and direction")
     s.set_defaults(func=cmd_sweep)

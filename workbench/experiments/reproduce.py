@@ -28,6 +28,7 @@ from ..evaluation.punkt import count_sentences
 from ..evaluation.quality import mean_perplexity
 from ..io import write_json_atomic, write_text_atomic
 from ..models import load_model, model_info
+from ..names import safe_name
 from ..version import __version__
 from .conditions import CONDITIONS, GenerationMemo
 from .coverage import Coverage, check_coverage, keyword_tasks
@@ -55,8 +56,6 @@ __all__ = [
 ]
 
 def _model_dir(name: str) -> str:
-    from ..names import safe_name
-
     return safe_name(name)  # bounded: a 300-character --word must not fail as "File name too long" after the sweep
 
 
@@ -635,8 +634,8 @@ def _publish(cfg: ReproduceConfig, out_dir: Path, model_name: str, elapsed: floa
 def published_name(cfg: ReproduceConfig) -> str:
     """``<experiment>.md``, or ``<experiment>-<word>...md`` for an experiment run on keywords it does not default to
     (``conditional --word ocean``), so a keyword run never overwrites the format run's page."""
-    words = "-".join(re.sub(r"[^a-z0-9]+", "-", w.lower()).strip("-") for w in cfg.words or [])
-    return f"{cfg.experiment}-{words}.md" if words and cfg.experiment != "keywords" else f"{cfg.experiment}.md"
+    words = "-".join(re.sub(r"\W+", "-", w.lower()).strip("-") or "_" for w in cfg.words or [])
+    return f"{safe_name(f'{cfg.experiment}-{words}')}.md" if words and cfg.experiment != "keywords" else f"{cfg.experiment}.md"
 
 
 def _table_note(cfg: ReproduceConfig, sweep: SweepResult, modes: Sequence[str] = ()) -> str:

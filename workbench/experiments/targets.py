@@ -12,7 +12,7 @@ the layer's mean difference, so strengths carry over between models); in ``proje
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..data import PairDataset
 from ..directions import Direction
@@ -85,7 +85,7 @@ def format_target_names(ids: Sequence[str]) -> list[tuple[str, str, dict[str, An
     return out
 
 
-def run_targets(cfg: Any, covers: Any, experiment: str) -> list[tuple[str, str, str, dict[str, Any] | None, str]]:
+def run_targets(cfg: Any, covers: Callable[[str], bool], experiment: str) -> list[tuple[str, str, str, dict[str, Any] | None, str]]:
     """``(name, family, instruction id, kwargs, mode)`` of every direction an experiment that takes both format
     instructions and keyword inclusions (``--word``; add mode) steers, in table order, keeping those ``covers(name)``
     accepts; none left is one line."""
@@ -95,4 +95,3 @@ def run_targets(cfg: Any, covers: Any, experiment: str) -> list[tuple[str, str, 
     if not out:
         raise DatasetError(f"{experiment}: no instruction to run (pass --instruction or --word)")
     return out
-
